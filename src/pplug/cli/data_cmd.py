@@ -1,0 +1,100 @@
+"""``pplug data synth|validate|stats``: make, check and describe data folders."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pplug.data import available_splits, load_split, resolve_task
+from pplug.errors import DataError
+
+app = typer.Typer(help="Make, validate and describe LaMP-format data folders.", no_args_is_help=True)
+
+DataDir = Annotated[Path, typer.Argument(help="A folder with LaMP files ({split}_questions/outputs.json[.gz]) "
+                                              "or custom {split}.jsonl files.")]
+TaskOpt = Annotated[str | None, typer.Option(help="Task name (default: from the folder name or its files).")]
+
+
+@app.command()
+def synth(out: Annotated[Path, typer.Option(help="Output folder; one subfolder per synthetic task.")],
+          seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0) -> None:
+    """Write the deterministic synthetic tasks (synth_topic, synth_title) in LaMP format."""
+    from pplug.synth import SynthConfig, synthesize
+
+    folders = synthesize(out, SynthConfig(seed=seed))
+    for name, folder in folders.items():
+        typer.echo(f"{name}: {folder}")
+
+
+def _folders(data_dir: Path) -> list[Path]:
+    """The task folder itself, or its task subfolders (e.g. the output of `data synth`)."""
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "data folder not found")
+    if available_splits(data_dir):
+        return [data_dir]
+    subs = sorted(p for p in data_dir.iterdir() if p.is_dir() and available_splits(p))
+    if not subs:
+        raise DataError(data_dir, "no train/dev/test split files found here or in its subfolders")
+    return subs
+
+
+@app.command()
+def validate(data_dir: DataDir, task: TaskOpt = None) -> None:
+    """Load every split, checking every record; print counts per split. Exit 2 naming the file,
+    record and field at fault."""
+    for folder in _folders(data_dir):
+        name = resolve_task(folder, task)
+        counts = {}
+        for split in available_splits(folder):
+            loaded = load_split(folder, split, name)
+            _check_labels_in_inputs(loaded)
+            counts[split] = {"questions": len(loaded), "golds": None if loaded.golds is None else len(loaded.golds),
+                             "profile_items": sum(len(q.profile) for q in loaded.questions)}
+        typer.echo(json.dumps({"folder": str(folder), "task": name, "splits": counts, "ok": True}))
+
+
+def _check_labels_in_inputs(split) -> None:
+    from pplug.tasks import get_task
+
+    task = get_task(split.task)
+    for i, q in enumerate(split.questions):
+        listed = task.labels_in_input(q.input)
+        if listed is not None and task.labels is not None and set(listed) != set(task.labels):
+            raise DataError(split.source, f"the input lists labels {listed}, task '{task.name}' has "
+                            f"{list(task.labels)}", i, "input")
+
+
+@app.command()
+def stats(data_dir: DataDir, task: TaskOpt = None) -> None:
+    """Describe each split: users, profile sizes, outputs, and the non-LLM reference scores."""
+    from pplug.heuristics import heuristic_predictions
+    from pplug.scoring import score_predictions
+    from pplug.tasks import get_task
+
+    for folder in _folders(data_dir):
+        t = get_task(resolve_task(folder, task))
+        splits = {s: load_split(folder, s, t.name) for s in available_splits(folder)}
+        report: dict = {"folder": str(folder), "task": t.name, "kind": t.kind, "splits": {}}
+        for name, sp in splits.items():
+            sizes = [len(q.profile) for q in sp.questions]
+            row: dict = {"questions": len(sp), "users": len({q.user_key for q in sp.questions}),
+                         "profile_median": statistics.median(sizes) if sizes else 0,
+                         "profile_min": min(sizes, default=0), "profile_max": max(sizes, default=0)}
+            if sp.golds is not None:
+                outs = list(sp.golds.values())
+                if t.kind == "generation":
+                    row["output_words_mean"] = round(statistics.mean(len(o.split()) for o in outs), 2)
+                else:
+                    counts: dict[str, int] = {}
+                    for o in outs:
+                        counts[o] = counts.get(o, 0) + 1
+                    row["outputs"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+                if "train" in splits and splits["train"].golds is not None:
+                    preds = heuristic_predictions(t, splits["train"], sp)
+                    row["heuristics"] = {h: score_predictions(t, sp.golds, p) for h, p in preds.items()}
+            report["splits"][name] = row
+        typer.echo(json.dumps(report, indent=1))

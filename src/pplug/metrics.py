@@ -1,0 +1,163 @@
+"""Offline metric functions reproducing the official LaMP scorer.
+
+Classification (LaMP-1/2): accuracy and macro-F1 over the full label list; rating (LaMP-3): MAE and RMSE
+with the official fallback for unparsable predictions; generation (LaMP-4/5/7): ROUGE-1 and ROUGE-L
+F-measures from ``rouge_score`` averaged over examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+METRIC_KINDS = ("classification", "rating", "generation")
+MAIN_METRIC = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "f1": True,
+    "mae": False,
+    "rmse": False,
+    "rouge-1": True,
+    "rouge-L": True,
+}
+
+_SCORER: Any = None
+
+
+def _check_lengths(golds: Sequence[str], preds: Sequence[str]) -> None:
+    """Raise ValueError when the inputs are empty or of different lengths."""
+    if len(golds) != len(preds):
+        raise ValueError(f"golds and preds differ in length: {len(golds)} != {len(preds)}")
+    if len(golds) == 0:
+        raise ValueError("cannot score empty inputs")
+
+
+def classification_metrics(
+    golds: Sequence[str], preds: Sequence[str], labels: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy and macro-F1 with the official LaMP label mapping.
+
+    Both strings are stripped and matched exactly (case-sensitive) against ``labels``; a prediction outside
+    the list maps to -1 and is always wrong. Macro-F1 averages per-label F1 over every label in ``labels``
+    (a label with zero denominators contributes 0).
+
+    Args:
+        golds: Reference labels; each must be in ``labels`` after stripping.
+        preds: Predicted strings.
+        labels: The task's full label list.
+
+    Returns:
+        ``{"accuracy": ..., "f1": ...}``.
+    """
+    _check_lengths(golds, preds)
+    if len(labels) == 0:
+        raise ValueError("labels must not be empty")
+    index: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        index.setdefault(label, i)  # first occurrence wins, like list.index
+    gold_ids = []
+    for pos, gold in enumerate(golds):
+        key = str(gold).strip()
+        if key not in index:
+            raise ValueError(f"gold label {gold!r} at position {pos} is not in the label list")
+        gold_ids.append(index[key])
+    y_true = np.asarray(gold_ids)
+    y_pred = np.asarray([index.get(str(p).strip(), -1) for p in preds])
+    accuracy = float(np.mean(y_true == y_pred))
+    f1s = []
+    for k in range(len(labels)):
+        tp = int(np.sum((y_true == k) & (y_pred == k)))
+        n_pred = int(np.sum(y_pred == k))
+        n_true = int(np.sum(y_true == k))
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        denom = precision + recall
+        f1s.append(2 * precision * recall / denom if denom else 0.0)
+    return {"accuracy": accuracy, "f1": float(np.mean(f1s))}
+
+
+def rating_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
+    """MAE and RMSE for 1-5 ratings with the official fallback for unparsable predictions.
+
+    An unparsable prediction becomes 1.0 if ``abs(1 - gold) > abs(5 - gold)`` else 5.0 (the farther end).
+
+    Args:
+        golds: Reference ratings as strings; each must parse as a float.
+        preds: Predicted strings.
+
+    Returns:
+        ``{"mae": ..., "rmse": ...}``.
+    """
+    _check_lengths(golds, preds)
+    errors = []
+    for pos, (gold, pred) in enumerate(zip(golds, preds, strict=True)):
+        try:
+            g = float(str(gold).strip())
+        except ValueError:
+            raise ValueError(f"gold rating {gold!r} at position {pos} is not a number") from None
+        try:
+            p = float(str(pred).strip())
+        except ValueError:
+            p = 1.0 if abs(1 - g) > abs(5 - g) else 5.0
+        errors.append(p - g)
+    err = np.asarray(errors, dtype=float)
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(math.sqrt(np.mean(err**2)))}
+
+
+def _get_scorer() -> Any:
+    """Return the module-level ROUGE scorer, creating it on first use."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+    return _SCORER
+
+
+def generation_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 and ROUGE-L F-measures (``rouge_score`` default tokenizer, no stemming).
+
+    Args:
+        golds: Reference texts.
+        preds: Generated texts.
+
+    Returns:
+        ``{"rouge-1": ..., "rouge-L": ...}``.
+    """
+    _check_lengths(golds, preds)
+    scorer = _get_scorer()
+    r1, rl = [], []
+    for gold, pred in zip(golds, preds, strict=True):
+        scores = scorer.score(target=str(gold).strip(), prediction=str(pred).strip())
+        r1.append(scores["rouge1"].fmeasure)
+        rl.append(scores["rougeL"].fmeasure)
+    return {"rouge-1": float(np.mean(r1)), "rouge-L": float(np.mean(rl))}
+
+
+def score(
+    kind: str, golds: Sequence[str], preds: Sequence[str], labels: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Dispatch to the metric function for ``kind``.
+
+    Args:
+        kind: One of ``METRIC_KINDS``.
+        golds: Reference strings.
+        preds: Predicted strings.
+        labels: Full label list; required for ``"classification"``.
+
+    Returns:
+        The metric dictionary of the chosen kind.
+    """
+    if kind not in METRIC_KINDS:
+        raise ValueError(f"unknown metric kind {kind!r}; valid kinds: {', '.join(METRIC_KINDS)}")
+    _check_lengths(golds, preds)
+    if kind == "classification":
+        if labels is None:
+            raise ValueError("classification scoring requires labels")
+        return classification_metrics(golds, preds, labels)
+    if kind == "rating":
+        return rating_metrics(golds, preds)
+    return generation_metrics(golds, preds)
