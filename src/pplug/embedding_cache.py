@@ -1,0 +1,174 @@
+"""On-disk cache of frozen text embeddings, keyed by (encoder name, sha256 of the text).
+
+History items are encoded once across runs and processes: a SQLite file in WAL mode (safe for
+concurrent readers and writers) behind an in-process dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pplug.encoders import TextEncoder
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS embeddings (
+    encoder TEXT NOT NULL, key TEXT NOT NULL, dim INT NOT NULL, vec BLOB NOT NULL,
+    PRIMARY KEY (encoder, key))"""
+_CHUNK = 500  # keys per SELECT (SQLite caps bound parameters)
+
+
+def default_cache_path() -> Path:
+    """``$PPLUG_CACHE/embeddings.sqlite`` (``PPLUG_CACHE`` defaults to ``~/.cache/pplug``)."""
+    return Path(os.environ.get("PPLUG_CACHE", "~/.cache/pplug")).expanduser() / "embeddings.sqlite"
+
+
+def text_key(text: str) -> str:
+    """sha256 hex digest of the UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _frozen(vec: np.ndarray) -> np.ndarray:
+    vec = np.array(vec, dtype=np.float32)  # a copy
+    vec.flags.writeable = False  # shared with the in-process dict: callers must not mutate it
+    return vec
+
+
+class EmbeddingCache:
+    """Embeddings of one encoder, in memory and optionally in a SQLite file.
+
+    Args:
+        path: SQLite file (created with its folder); ``None`` keeps entries in memory only.
+        encoder_name: the encoder's ``name``; entries of other encoders in the same file are invisible.
+    """
+
+    def __init__(self, path: str | Path | None, encoder_name: str):
+        self.path = Path(path).expanduser() if path is not None else None
+        self.encoder_name = encoder_name
+        self._mem: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+
+    def get_many(self, texts: list[str]) -> list[np.ndarray | None]:
+        """Cached vectors for ``texts`` (read-only float32 arrays of shape [d]), ``None`` where missing."""
+        keys = [text_key(t) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._mem))
+        if missing and self._db is not None:
+            with self._lock:
+                for s in range(0, len(missing), _CHUNK):
+                    chunk = missing[s:s + _CHUNK]
+                    rows = self._db.execute(
+                        f"SELECT key, dim, vec FROM embeddings WHERE encoder = ? AND key IN "
+                        f"({','.join('?' * len(chunk))})", [self.encoder_name, *chunk]).fetchall()
+                    for key, dim, blob in rows:
+                        vec = np.frombuffer(blob, dtype=np.float32)  # read-only view of the blob
+                        if vec.shape == (dim,):
+                            self._mem[key] = vec
+        return [self._mem.get(k) for k in keys]
+
+    def put_many(self, texts: list[str], vecs: np.ndarray) -> None:
+        """Store one vector per text.
+
+        Args:
+            texts: n strings.
+            vecs: [n, d] array (stored as float32).
+        """
+        vecs = np.asarray(vecs, dtype=np.float32)
+        if vecs.ndim != 2 or len(vecs) != len(texts):
+            raise ValueError(f"put_many: expected [{len(texts)}, d] vectors, got shape {vecs.shape}")
+        entries = {text_key(t): _frozen(v) for t, v in zip(texts, vecs, strict=True)}
+        self._mem.update(entries)
+        if self._db is not None and entries:
+            rows = [(self.encoder_name, k, v.shape[0], v.tobytes()) for k, v in entries.items()]
+            with self._lock:
+                self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+                self._db.commit()
+
+    def __len__(self) -> int:
+        """Number of entries for this encoder."""
+        if self._db is None:
+            return len(self._mem)
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM embeddings WHERE encoder = ?",
+                                    (self.encoder_name,)).fetchone()[0]
+
+    def close(self) -> None:
+        """Close the SQLite connection (the in-memory entries stay usable)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class CacheStats:
+    """Counters of a ``CachedEncoder``: texts served from the cache, unique texts encoded, encoder calls."""
+
+    hits: int = 0
+    misses: int = 0
+    calls: int = 0
+
+
+class CachedEncoder:
+    """A frozen ``TextEncoder`` behind an ``EmbeddingCache``: each unique text is encoded once.
+
+    Args:
+        encoder: the (frozen) encoder.
+        cache: a cache opened with ``encoder.name``.
+    """
+
+    def __init__(self, encoder: TextEncoder, cache: EmbeddingCache):
+        if cache.encoder_name != encoder.name:
+            raise ValueError(f"cache is for encoder '{cache.encoder_name}', not '{encoder.name}'")
+        self.encoder, self.cache, self.stats = encoder, cache, CacheStats()
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    def encode(self, texts: list[str], show_progress: bool = False) -> Tensor:
+        """Embed texts, encoding only those not cached yet (each unique text once) and storing them.
+
+        Args:
+            texts: n strings (duplicates allowed).
+            show_progress: show a progress bar while encoding the missing texts.
+
+        Returns:
+            [n, d] float32 on CPU, no grad.
+        """
+        found = self.cache.get_many(texts)
+        missing = list(dict.fromkeys(t for t, v in zip(texts, found, strict=True) if v is None))
+        self.stats.hits += len(texts) - sum(v is None for v in found)
+        if missing:
+            new = self.encoder.encode(missing, show_progress=show_progress).numpy()  # (m, d)
+            self.cache.put_many(missing, new)
+            self.stats.misses += len(missing)
+            self.stats.calls += 1
+            fresh = dict(zip(missing, new, strict=True))
+            found = [fresh[t] if v is None else v for t, v in zip(texts, found, strict=True)]
+        if not texts:
+            return torch.zeros(0, self.dim)
+        return torch.from_numpy(np.stack(found).astype(np.float32, copy=False))  # (n, d)

@@ -1,0 +1,95 @@
+"""Training-free baselines on the same interface: ``zero-shot`` and ``rag-bm25|rag-dense|rag-recency``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pplug.backbones import PromptParts
+from pplug.config import RunConfig
+from pplug.data.records import Question
+from pplug.methods.base import Prediction, register_method
+from pplug.resources import Resources
+from pplug.retrieval import Retriever, build_retriever
+from pplug.tasks import Task, get_task
+
+
+def truncate_tokens(tokenizer, text: str, n: int) -> str:
+    """``text`` cut to its first ``n`` tokens (LaMP gives each retrieved item a share of a token budget)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return text if len(ids) <= n else tokenizer.decode(ids[:n], skip_special_tokens=True)
+
+
+class RagPrompter:
+    """Builds the user-turn text: the k retrieved items of the user's own profile, then the input."""
+
+    def __init__(self, task: Task, retriever: Retriever | None, k: int, item_tokens: int, tokenizer):
+        self.task, self.retriever, self.k = task, retriever, k
+        self.per_item = max(8, item_tokens // max(1, k))
+        self.tokenizer = tokenizer
+
+    def text(self, question: Question, before: str | None = None) -> str:
+        if self.retriever is None or self.k <= 0:
+            return self.task.prompt(question.input)
+        items = self.retriever.retrieve(self.task.query(question.input), question.profile, self.k, before)
+        shown = [truncate_tokens(self.tokenizer, self.task.render_example(it), self.per_item) for it in items]
+        return self.task.prompt(question.input, shown)
+
+
+def generate_predictions(backbone, task: Task, questions: Sequence[Question], texts: Sequence[str],
+                         decode) -> list[Prediction]:
+    """Batched deterministic generation + parsing for plain-text prompts."""
+    preds: list[Prediction] = []
+    with torch.no_grad():
+        for i in range(0, len(questions), decode.batch_size):
+            qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
+            built = backbone.build([PromptParts(text=t) for t in ts])
+            raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
+            n_tokens = built.attention_mask.sum(dim=1).tolist()
+            preds += [Prediction(q.id, task.parse(r), r, [], int(n)) for q, r, n in zip(qs, raws, n_tokens,
+                                                                                       strict=True)]
+    return preds
+
+
+class PromptMethod:
+    """The frozen backbone with the task prompt, optionally with k retrieved history items (no training)."""
+
+    def __init__(self, config: RunConfig, resources: Resources | None, retriever: str | None):
+        resources = resources or Resources()
+        self.config, self.name, self.task = config, config.method, get_task(config.task)
+        self.backbone = resources.backbone(config.backbone)
+        encoder = resources.encoder(config.encoder) if retriever == "dense" else None
+        r = build_retriever(retriever, self.task, encoder) if retriever else None
+        self.prompter = RagPrompter(self.task, r, config.retrieval.k, config.retrieval.item_tokens,
+                                    self.backbone.tokenizer)
+
+    def fit(self, train, dev, run_dir: Path) -> dict[str, Any]:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return {"trainable_parameters": 0, "train_seconds": 0.0, "steps": 0}
+
+    def load(self, run_dir: Path) -> None:
+        return None
+
+    def predict(self, questions: Sequence[Question]) -> list[Prediction]:
+        texts = [self.prompter.text(q) for q in questions]
+        return generate_predictions(self.backbone, self.task, questions, texts, self.config.decode)
+
+
+@register_method("zero-shot")
+def _zero_shot(config: RunConfig, resources: Resources | None = None) -> PromptMethod:
+    return PromptMethod(config, resources, None)
+
+
+def _rag(retriever: str):
+    def build(config: RunConfig, resources: Resources | None = None) -> PromptMethod:
+        config.retrieval.retriever = retriever
+        return PromptMethod(config, resources, retriever)
+
+    return build
+
+
+for _r in ("bm25", "dense", "recency"):
+    register_method(f"rag-{_r}")(_rag(_r))

@@ -1,0 +1,219 @@
+"""PPlug: frozen backbone + frozen history encoder + trainable persona plug (and optionally input encoder)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pplug.backbones import PromptParts
+from pplug.config import RunConfig
+from pplug.data.records import HistoryItem, Question, Split
+from pplug.encoders import load_encoder
+from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
+from pplug.methods.base import Prediction, register_method
+from pplug.plug import PersonaPlug, PlugOutput
+from pplug.resources import Resources
+from pplug.scoring import score_predictions
+from pplug.tasks import get_task
+from pplug.training import set_seed, train_loop
+
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Example:
+    question: Question
+    gold: str
+    keep: tuple[int, ...] | None = None  # indices of the (recent) profile items kept by augmentation
+
+
+def augment(examples: list[Example], n_items: list[int], copies: int, max_drop: float, seed: int) -> list[Example]:
+    """History augmentation: each example with > 2 items gets ``copies`` extra copies, each dropping a
+    random 1%..max_drop share of its items (at least one item dropped, at least one kept)."""
+    rng, out = random.Random(seed), list(examples)
+    for ex, n in zip(examples, n_items, strict=True):
+        if n <= 2:
+            continue
+        for _ in range(copies):
+            drop = min(n - 1, max(1, round(rng.uniform(0.01, max_drop) * n)))
+            out.append(Example(ex.question, ex.gold, tuple(sorted(rng.sample(range(n), n - drop)))))
+    return out
+
+
+def swapped_profiles(questions: Sequence[Question]) -> list[list[HistoryItem]]:
+    """For each question, the profile of the next question (cyclically) that belongs to another user."""
+    out = []
+    for i, q in enumerate(questions):
+        other = next((questions[(i + s) % len(questions)] for s in range(1, len(questions))
+                      if questions[(i + s) % len(questions)].user_key != q.user_key), q)
+        out.append(other.profile)
+    return out
+
+
+class PPlugMethod:
+    """The persona-plug method (``pplug``; ``pplug-rag`` adds the top-1 retrieved item before the soft tokens)."""
+
+    def __init__(self, config: RunConfig, resources: Resources | None = None):
+        self.config, self.name = config, config.method
+        self.task = get_task(config.task)
+        resources = resources or Resources()
+        self.backbone = resources.backbone(config.backbone)
+        self.history_encoder = resources.encoder(config.encoder)  # frozen + cached
+        set_seed(config.train.seed)
+        self.input_encoder = load_encoder(config.encoder) if config.plug.train_input_encoder else None
+        self.plug = PersonaPlug(config.plug, self.history_encoder.dim, self.backbone.hidden_size,
+                                self.backbone.embedding_norm())
+        self.trainable = nn.ModuleDict({"plug": self.plug})
+        if self.input_encoder is not None:
+            self.trainable["input_encoder"] = self.input_encoder
+        self.retriever = None
+        if config.method == "pplug-rag":
+            from pplug.retrieval import build_retriever
+
+            self.retriever = build_retriever(config.retrieval.retriever, self.task, self.history_encoder)
+        self.class_weights: dict[str, float] = {}
+
+    # ---- features -------------------------------------------------------------------------------
+    def _items(self, profile: list[HistoryItem], keep: tuple[int, ...] | None = None) -> list[HistoryItem]:
+        items = profile[-self.config.plug.max_history:] if self.config.plug.max_history else profile
+        return items if keep is None else [items[i] for i in keep]
+
+    def _history(self, profiles: list[list[HistoryItem]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[b, n, d_enc] history embeddings (cached) and their [b, n] mask."""
+        n = max((len(p) for p in profiles), default=0)
+        hist = torch.zeros(len(profiles), n, self.history_encoder.dim)
+        mask = torch.zeros(len(profiles), n, dtype=torch.bool)
+        texts = [self.task.render_item(it) for p in profiles for it in p]
+        vecs = self.history_encoder.encode(texts) if texts else None
+        pos = 0
+        for b, p in enumerate(profiles):
+            if p:
+                hist[b, : len(p)] = vecs[pos:pos + len(p)]
+                mask[b, : len(p)] = True
+                pos += len(p)
+        return hist, mask
+
+    def _queries(self, questions: Sequence[Question]) -> torch.Tensor:
+        texts = [self.task.query(q.input) for q in questions]
+        if self.input_encoder is not None:
+            return self.input_encoder(texts)  # [b, d_enc], trainable
+        return self.history_encoder.encode(texts)
+
+    def _prefixes(self, questions: Sequence[Question], profiles: list[list[HistoryItem]]) -> list[str]:
+        if self.retriever is None:
+            return ["" for _ in questions]
+        out = []
+        for q, p in zip(questions, profiles, strict=True):
+            top = self.retriever.retrieve(self.task.query(q.input), p, k=1)
+            out.append(self.task.render_example(top[0]) if top else "")
+        return out
+
+    def _forward(self, questions: Sequence[Question], profiles: list[list[HistoryItem]],
+                 targets: list[str] | None = None) -> tuple[PlugOutput, Any]:
+        hist, mask = self._history(profiles)
+        query = self._queries(questions) if self.config.plug.use_persona else None
+        out = self.plug(query, hist, mask)
+        parts = [PromptParts(text=self.task.prompt(q.input), prefix=pre)
+                 for q, pre in zip(questions, self._prefixes(questions, profiles), strict=True)]
+        return out, self.backbone.build(parts, out.soft, out.soft_mask, targets)
+
+    def prime(self, questions: Sequence[Question]) -> None:
+        """Encode every history item of these questions once (fills the embedding cache)."""
+        texts = [self.task.render_item(it) for q in questions for it in self._items(q.profile)]
+        if texts:
+            self.history_encoder.encode(texts, show_progress=self.config.train.progress)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def _loss(self, batch: list[Example]) -> torch.Tensor:
+        qs = [ex.question for ex in batch]
+        profiles = [self._items(ex.question.profile, ex.keep) for ex in batch]
+        _, built = self._forward(qs, profiles, [ex.gold for ex in batch])
+        losses = self.backbone.loss(built, reduction="none")  # [b]
+        if self.class_weights:
+            w = torch.tensor([self.class_weights.get(ex.gold, 1.0) for ex in batch])
+            return (losses * w).sum() / w.sum()
+        return losses.mean()
+
+    def fit(self, train: Split, dev: Split | None, run_dir: Path) -> dict[str, Any]:
+        cfg = self.config.train
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train = train.limit(cfg.limit)
+        dev = dev.limit(cfg.dev_limit) if dev is not None else None
+        self.prime(train.questions + (dev.questions if dev else []))
+        examples = [Example(q, train.gold(q)) for q in train.questions]
+        if cfg.class_balanced and self.task.kind != "generation":
+            counts = Counter(ex.gold for ex in examples)
+            self.class_weights = {lab: len(examples) / (len(counts) * c) for lab, c in counts.items()}
+        n_items = [len(self._items(q.profile)) for q in train.questions]
+        examples = augment(examples, n_items, cfg.augment_copies, cfg.augment_max_drop, cfg.seed)
+        metric = MAIN_METRIC[self.task.kind]
+
+        def evaluate() -> float:
+            preds = {p.id: p.output for p in self.predict(dev.questions)}
+            return score_predictions(self.task, dev.golds, preds)[metric]
+
+        result = train_loop(
+            [p for p in self.trainable.parameters() if p.requires_grad], self._loss, examples, cfg,
+            evaluate=evaluate if dev is not None and dev.golds else None,
+            higher_is_better=HIGHER_IS_BETTER[metric], on_best=lambda: self.save(run_dir),
+            checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
+            load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name)
+        self.load(run_dir)  # keep the best epoch's weights
+        return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
+                "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
+                "dev_metric": metric, "history": result.history, "train_seconds": round(result.seconds, 2)}
+
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)
+
+    def save(self, run_dir: Path) -> None:
+        state = {k: v.detach().contiguous() for k, v in self.trainable.state_dict().items()}
+        save_file(state, str(Path(run_dir) / WEIGHTS))
+
+    def load(self, run_dir: Path) -> None:
+        self.trainable.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS)))
+
+    # ---- prediction -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, questions: Sequence[Question]) -> list[Prediction]:
+        self.trainable.eval()
+        dec = self.config.decode
+        all_profiles = swapped_profiles(questions) if dec.swap_history else [q.profile for q in questions]
+        preds: list[Prediction] = []
+        for i in range(0, len(questions), dec.batch_size):
+            qs = list(questions[i:i + dec.batch_size])
+            profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
+            out, built = self._forward(qs, profiles)
+            raws = self.backbone.generate(built, dec.new_tokens(self.task.kind), dec.num_beams)
+            n_tokens = built.attention_mask.sum(dim=1).tolist()
+            for b, (q, raw) in enumerate(zip(qs, raws, strict=True)):
+                preds.append(Prediction(q.id, self.task.parse(raw), raw, self.explain(out, b, profiles[b]),
+                                        int(n_tokens[b])))
+        return preds
+
+    def explain(self, out: PlugOutput, b: int, profile: list[HistoryItem], top: int = 3) -> list[dict[str, Any]]:
+        """The history items with the largest aggregator weights for example ``b``."""
+        if out.weights is None or not profile:
+            return []
+        w = out.weights[b, : len(profile)]
+        order = w.argsort(descending=True)[:top].tolist()
+        return [{"item_id": profile[j].id, "weight": round(float(w[j]), 4),
+                 "text": self.task.render_item(profile[j])[:160]} for j in order]
+
+
+@register_method("pplug")
+def _build_pplug(config: RunConfig, resources: Resources | None = None) -> PPlugMethod:
+    return PPlugMethod(config, resources)
+
+
+@register_method("pplug-rag")
+def _build_pplug_rag(config: RunConfig, resources: Resources | None = None) -> PPlugMethod:
+    return PPlugMethod(config, resources)

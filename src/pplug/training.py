@@ -1,0 +1,164 @@
+"""The training loop: plain PyTorch, every part visible (schedule, accumulation, clipping, eval, checkpoints).
+
+Used by every trained method (PPlug, task LoRA, OPPU): the method supplies a loss over a batch of
+examples and an evaluation callback; this loop owns optimization, progress, best-checkpoint keeping
+and resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2  # passes over the (augmented) training examples (paper: 2; 1 for rating)
+    lr: float = 1e-3  # peak AdamW learning rate (paper: 1e-4 on FlanT5-XXL; 1e-3 is stable here with normalized soft tokens)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup: float = 0.05  # fraction of steps with linear warmup, then linear decay to 0
+    batch_size: int = 8  # examples per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip: float = 1.0  # max global grad norm (0 = off)
+    max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
+    limit: int | None = None  # use only the first N training questions (before augmentation)
+    dev_limit: int | None = None  # evaluate on only the first N dev questions each epoch
+    seed: int = 0  # seeds shuffling, augmentation and initialization
+    augment_copies: int = 10  # history augmentation: extra copies per example with > 2 items (0 = off)
+    augment_max_drop: float = 0.5  # each copy drops a random 1..max_drop share of the items
+    class_balanced: bool = False  # classification: weight each example by inverse frequency of its label
+    progress: bool = True  # show a progress bar with loss and ETA
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    epochs_done: int = 0
+    best_epoch: int | None = None
+    best_score: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    seconds: float = 0.0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(total: int, warmup: float) -> Callable[[int], float]:
+    """Linear warmup over ``warmup * total`` steps, then linear decay to 0."""
+    warm = max(1, int(math.ceil(warmup * total)))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return f
+
+
+def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any]], torch.Tensor],
+               examples: Sequence[Any], config: TrainConfig, *,
+               evaluate: Callable[[], float] | None = None, higher_is_better: bool = True,
+               on_best: Callable[[], None] | None = None, checkpoint: Path | None = None,
+               state: Callable[[], dict[str, torch.Tensor]] | None = None,
+               load_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
+               train_mode: Callable[[bool], None] | None = None, desc: str = "train") -> TrainResult:
+    """Optimize ``params`` to minimize ``loss_fn`` over ``examples``.
+
+    Args:
+        params: the trainable parameters (everything else must already be frozen).
+        loss_fn: maps a list of examples (a micro-batch) to a scalar loss.
+        examples: the training examples (already augmented).
+        config: optimization settings.
+        evaluate: returns the dev score after each epoch; the best epoch triggers ``on_best``.
+        checkpoint: a file for resume (trainable state, optimizer, scheduler, epoch); resumed if present.
+        state / load_state: get/set the trainable state dict (for the checkpoint).
+        train_mode: switches dropout etc. on (True) / off (False) around evaluation.
+
+    Returns:
+        TrainResult with per-epoch loss, dev score and timing.
+    """
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    per_epoch = math.ceil(len(examples) / config.batch_size / config.grad_accum)
+    total = per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(total, 1), config.warmup))
+    result, start_epoch = TrainResult(), 0
+    if checkpoint is not None and checkpoint.is_file() and load_state is not None:
+        ck = torch.load(checkpoint, weights_only=False)
+        load_state(ck["trainable"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        result = ck["result"]
+        start_epoch = result.epochs_done
+    t0 = time.perf_counter() - result.seconds
+    bar = tqdm(total=total, initial=result.steps, desc=desc, disable=not config.progress, dynamic_ncols=True)
+    for epoch in range(start_epoch, config.epochs):
+        if result.steps >= total:
+            break
+        order = list(range(len(examples)))
+        random.Random(config.seed * 1000 + epoch).shuffle(order)
+        if train_mode:
+            train_mode(True)
+        losses: list[float] = []
+        micro = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        for i in range(0, len(micro), config.grad_accum):
+            group = micro[i:i + config.grad_accum]
+            step_loss = 0.0
+            for idx in group:
+                loss = loss_fn([examples[j] for j in idx]) / len(group)
+                loss.backward()
+                step_loss += loss.item()
+            if config.clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            result.steps += 1
+            losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+            if result.steps >= total:
+                break
+        row: dict[str, Any] = {"epoch": epoch + 1, "steps": result.steps,
+                               "train_loss": sum(losses) / max(1, len(losses))}
+        if evaluate is not None:
+            if train_mode:
+                train_mode(False)
+            score = evaluate()
+            row["dev_score"] = score
+            better = result.best_score is None or (score > result.best_score if higher_is_better
+                                                   else score < result.best_score)
+            if better:
+                result.best_score, result.best_epoch = score, epoch + 1
+                if on_best:
+                    on_best()
+        elif on_best:
+            result.best_epoch = epoch + 1
+            on_best()
+        result.epochs_done = epoch + 1
+        result.seconds = time.perf_counter() - t0
+        row["seconds"] = round(result.seconds, 2)
+        result.history.append(row)
+        bar.write(f"[{desc}] " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in row.items()))
+        if checkpoint is not None and state is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"trainable": state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "result": result}, tmp)
+            tmp.replace(checkpoint)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    return result
