@@ -249,9 +249,6 @@ def test_stats_error_exits_2(tmp_path, capsys):
     assert "train_questions.json" in err and "invalid JSON" in err
 
 
-@pytest.mark.xfail(strict=True, reason="`pplug data stats` on a folder with an empty split (questions [] and "
-                   "golds []; the loader accepts it) crashes with statistics.StatisticsError from "
-                   "statistics.mean instead of reporting or exiting 2")
 def test_stats_empty_split_no_traceback(tmp_path, capsys):
     folder = paper_folder(tmp_path / "scholarly_title")
     dump(folder / "dev_questions.json", [])
@@ -304,9 +301,6 @@ def test_help_exits_0(capsys, argv):
     assert "Usage" in out
 
 
-@pytest.mark.xfail(strict=True, reason="main() catches click.exceptions.ClickException from the `click` package, but "
-                   "typer 0.29 raises its vendored typer._click exceptions: usage errors escape as a traceback "
-                   "(exit 1) instead of a one-line message with exit 2")
 @pytest.mark.parametrize("argv", [["score", "--task", "LaMP-5"], ["data", "nope"], ["data", "synth"],
                                   ["tasks", "--bogus"]], ids=["missing-option", "unknown-command",
                                                               "missing-out", "unknown-option"])

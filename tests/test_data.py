@@ -245,8 +245,6 @@ def test_jsonl_empty_file(tmp_path):
     assert "no examples" in load_error(folder)
 
 
-@pytest.mark.xfail(strict=True, reason="validate_split reports JSONL task-field errors with the 0-based question "
-                   "position and 'profile[j]' instead of the line number and 'history[j]' the JSONL loader uses")
 def test_jsonl_missing_task_field_names_line_and_history(tmp_path):
     folder = tmp_path / "d"
     folder.mkdir()
@@ -335,8 +333,6 @@ def test_gold_without_question_names_file_field_and_id(tmp_path):
     assert "field 'golds.id'" in msg and "gold 'ghost' has no question" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="check_pairing raises 'gold without question' with index=None: the "
-                   "message names no record, unlike every other loader error")
 def test_gold_without_question_names_record(tmp_path):
     golds = [{"id": "q1", "output": "x"}, {"id": "ghost", "output": "y"}]
     msg = load_error(make_lamp(tmp_path / "d", questions=[paper_question("q1")], golds=golds))
@@ -419,8 +415,6 @@ def test_classification_gold_not_in_labels(tmp_path):
     assert load_split(folder, "train").task == "news_categorize"
 
 
-@pytest.mark.xfail(strict=True, reason="validate_split names the questions file (split.source) and field 'output' "
-                   "for an invalid gold, but the gold lives in train_outputs.json (field 'golds.output')")
 def test_classification_gold_error_names_outputs_file(tmp_path):
     golds = [{"id": "a", "output": "not-a-label"}]
     folder = make_lamp(tmp_path / "news_categorize", questions=[_category_question("a", "x")], golds=golds)

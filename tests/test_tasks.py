@@ -138,8 +138,6 @@ def test_parse_classification(task, raw, parsed):
     assert get_task(task).parse(raw) == parsed
 
 
-@pytest.mark.xfail(strict=True, reason="Task.parse matches labels as raw substrings: 'media' inside "
-                   "'immediately' wins over the real answer 'politics' (no word boundaries)")
 def test_parse_classification_matches_whole_words():
     assert get_task("news_categorize").parse("It immediately struck me as politics.") == "politics"
 
@@ -258,8 +256,6 @@ def test_scratch_registry_does_not_leak():
     assert not has_task("my_task") and not has_task("cls2")
 
 
-@pytest.mark.xfail(strict=True, reason="register_task checks duplicates by exact name, but get_task normalizes "
-                   "names: 'lamp_5' registers fine and can never be looked up (get_task returns LaMP-5)")
 def test_register_task_refuses_normalized_duplicate(scratch_registry):
     with pytest.raises(ValueError, match="already registered"):
         register_task(_gen("lamp_5"))

@@ -14,12 +14,14 @@ from collections.abc import Callable
 import numpy as np
 
 from pplug.data.records import Question, Split
+from pplug.errors import PPlugError
 from pplug.tasks import Task
 
 
 def global_majority(train: Split) -> str:
     """The most frequent gold output of the train split (ties: first seen)."""
-    assert train.golds is not None, "train split needs golds"
+    if not train.golds:
+        raise PPlugError(f"{train.source}: the train split has no gold outputs for a majority label")
     return Counter(train.golds[q.id] for q in train.questions).most_common(1)[0][0]
 
 

@@ -94,7 +94,11 @@ class Task:
         if cleaned.lower() in by_lower:
             return by_lower[cleaned.lower()]
         low = text.lower()
-        hits = [(low.find(lab.lower()), -len(lab), lab) for lab in self.labels if lab.lower() in low]
+        hits = []
+        for lab in self.labels:
+            m = re.search(r"(?<!\w)" + re.escape(lab.lower()) + r"(?!\w)", low)
+            if m:
+                hits.append((m.start(), -len(lab), lab))
         return min(hits)[2] if hits else cleaned
 
     def check_gold(self, gold: str) -> str | None:
@@ -103,9 +107,11 @@ class Task:
             return f"'{gold}' is not one of the task's labels {list(self.labels)}"
         if self.kind == "rating":
             try:
-                float(gold)
+                value = float(gold)
             except ValueError:
                 return f"'{gold}' is not a number"
+            if self.labels and not float(self.labels[0]) <= value <= float(self.labels[-1]):
+                return f"'{gold}' is outside the rating range {self.labels[0]}..{self.labels[-1]}"
         return None
 
     def labels_in_input(self, text: str) -> list[str] | None:
@@ -121,7 +127,7 @@ _REGISTRY: dict[str, Task] = {}
 
 def register_task(task: Task) -> Task:
     """Add a task; refuses duplicate names and unknown kinds."""
-    if task.name in _REGISTRY:
+    if has_task(task.name):
         raise ValueError(f"task '{task.name}' is already registered")
     if task.kind not in KINDS:
         raise ValueError(f"task '{task.name}': kind must be one of {KINDS}, got '{task.kind}'")

@@ -28,23 +28,12 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors print one clear line and exit with code 2, never a traceback."""
+    """Console entry point: user errors print one clear line and exit with code 2, never a traceback.
+
+    Usage errors (missing/unknown options) are reported by click itself (standalone mode, exit 2).
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
     except PPlugError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise

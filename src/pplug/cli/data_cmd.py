@@ -84,7 +84,7 @@ def stats(data_dir: DataDir, task: TaskOpt = None) -> None:
             row: dict = {"questions": len(sp), "users": len({q.user_key for q in sp.questions}),
                          "profile_median": statistics.median(sizes) if sizes else 0,
                          "profile_min": min(sizes, default=0), "profile_max": max(sizes, default=0)}
-            if sp.golds is not None:
+            if sp.golds:
                 outs = list(sp.golds.values())
                 if t.kind == "generation":
                     row["output_words_mean"] = round(statistics.mean(len(o.split()) for o in outs), 2)
@@ -93,7 +93,7 @@ def stats(data_dir: DataDir, task: TaskOpt = None) -> None:
                     for o in outs:
                         counts[o] = counts.get(o, 0) + 1
                     row["outputs"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-                if "train" in splits and splits["train"].golds is not None:
+                if "train" in splits and splits["train"].golds:
                     preds = heuristic_predictions(t, splits["train"], sp)
                     row["heuristics"] = {h: score_predictions(t, sp.golds, p) for h, p in preds.items()}
             report["splits"][name] = row

@@ -81,12 +81,16 @@ def validate_split(split: Split) -> None:
 
     task = get_task(split.task)
     for i, q in enumerate(split.questions):
+        record = i if split.record_index is None else split.record_index[i]
         for j, item in enumerate(q.profile):
             for name in task.item_fields:
                 if name not in item.fields:
-                    raise DataError(split.source, f"missing field needed by task '{task.name}'", i,
-                                    f"profile[{j}].{name}")
+                    raise DataError(split.source, f"missing field needed by task '{task.name}'", record,
+                                    f"{split.profile_field}[{j}].{name}")
         if split.golds is not None:
             problem = task.check_gold(split.golds[q.id])
             if problem:
-                raise DataError(split.source, f"gold output of question '{q.id}': {problem}", i, "output")
+                where = split.gold_source or split.source
+                index = (split.gold_index or {}).get(q.id, record)
+                field = "output" if split.profile_field == "history" else "golds.output"
+                raise DataError(where, f"gold output of question '{q.id}': {problem}", index, field)

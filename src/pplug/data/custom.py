@@ -28,6 +28,7 @@ def load_jsonl_split(path: Path, split: str, task: str) -> Split:
         a Split whose golds hold the outputs; golds is None only when no line has an output.
     """
     questions: list[Question] = []
+    lines: list[int] = []
     golds: dict[str, str] = {}
     seen: dict[str, int] = {}
     missing_output: int | None = None
@@ -41,6 +42,7 @@ def load_jsonl_split(path: Path, split: str, task: str) -> Split:
         seen[qid] = lineno
         profile = [parse_item(it, path, lineno, f"history[{j}]") for j, it in enumerate(history)]
         questions.append(Question(qid, text, profile, user))
+        lines.append(lineno)
         if "output" in rec:
             golds[qid] = str(require(rec, "output", (str, int, float), path, lineno))
         elif missing_output is None:
@@ -49,4 +51,6 @@ def load_jsonl_split(path: Path, split: str, task: str) -> Split:
         raise DataError(path, "no examples in file")
     if golds and missing_output is not None:
         raise DataError(path, "missing field (other lines have outputs)", missing_output, "output")
-    return Split(task=task, name=split, questions=questions, golds=golds or None, source=str(path))
+    return Split(task=task, name=split, questions=questions, golds=golds or None, source=str(path),
+                 record_index=lines, profile_field="history", gold_source=str(path),
+                 gold_index={q.id: n for q, n in zip(questions, lines, strict=True)})

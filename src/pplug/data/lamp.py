@@ -50,7 +50,7 @@ def parse_questions(raw: Any, path: Path) -> list[Question]:
 
 
 def parse_outputs(raw: Any, path: Path) -> tuple[str | None, dict[str, str]]:
-    """Validate a parsed outputs file; returns ``(task field, id -> output)``."""
+    """Validate a parsed outputs file; returns ``(task field, id -> output)`` in file order."""
     task = require(raw, "task", str, path, None) if isinstance(raw, dict) and "task" in raw else None
     golds_raw = require(raw, "golds", list, path, None)
     golds: dict[str, str] = {}
@@ -69,9 +69,9 @@ def check_pairing(questions: list[Question], golds: dict[str, str], q_path: Path
     for i, q in enumerate(questions):
         if q.id not in golds:
             raise DataError(q_path, f"question '{q.id}' has no gold output in {o_path}", i, "id")
-    for gid in golds:
+    for j, gid in enumerate(golds):
         if gid not in qids:
-            raise DataError(o_path, f"gold '{gid}' has no question in {q_path}", None, "golds.id")
+            raise DataError(o_path, f"gold '{gid}' has no question in {q_path}", j, "golds.id")
 
 
 def read_task_field(directory: Path) -> str | None:
@@ -96,7 +96,8 @@ def load_lamp_split(directory: Path, split: str, task: str) -> Split:
     if o_path is not None:
         _, golds = parse_outputs(read_json(o_path), o_path)
         check_pairing(questions, golds, q_path, o_path)
-    return Split(task=task, name=split, questions=questions, golds=golds, source=str(q_path))
+    return Split(task=task, name=split, questions=questions, golds=golds, source=str(q_path),
+                 gold_source=str(o_path or ""), gold_index={g: j for j, g in enumerate(golds or {})})
 
 
 def write_lamp_split(directory: Path, split: Split, task_field: str) -> None:

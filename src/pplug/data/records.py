@@ -78,6 +78,10 @@ class Split:
     golds: dict[str, str] | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    record_index: list[int] | None = None  # per question: its record number in the source (JSONL: line)
+    profile_field: str = "profile"  # what the source calls the history list (JSONL: "history")
+    gold_source: str = ""  # the file holding the golds (LaMP: {split}_outputs.json)
+    gold_index: dict[str, int] | None = None  # gold id -> its record number in gold_source
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -89,8 +93,12 @@ class Split:
 
     def limit(self, n: int | None) -> Split:
         """The first ``n`` questions (all when n is None)."""
+        if n is not None and n < 0:
+            raise ValueError(f"limit must be >= 0, got {n}")
         if n is None or n >= len(self.questions):
             return self
         qs = self.questions[:n]
         golds = None if self.golds is None else {q.id: self.golds[q.id] for q in qs}
-        return Split(self.task, self.name, qs, golds, self.source, dict(self.meta))
+        return Split(self.task, self.name, qs, golds, self.source, dict(self.meta),
+                     None if self.record_index is None else self.record_index[:n], self.profile_field,
+                     self.gold_source, self.gold_index)
