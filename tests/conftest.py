@@ -13,6 +13,13 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+
+def pytest_configure(config):
+    """One torch thread: tiny models stall with 2 threads on a busy 2-core machine."""
+    import torch
+
+    torch.set_num_threads(1)
+
 CORPUS = [
     "which category does this note belong to among the following categories",
     "just answer with the category name categories sports music science travel food politics",

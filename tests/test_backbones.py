@@ -17,6 +17,15 @@ PARTS = [
 TARGETS = ["sports", "a new battery design", "music"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and never stall waiting on a busy second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _load(path, **kw) -> Backbone:
     return load_backbone(BackboneConfig(name_or_path=str(path), **kw))
 
@@ -70,8 +79,8 @@ def test_prompt_tokens_match_plain_tokenization(tiny_backbone_dir):
     batch = bb.build(PARTS[:1])
     tok = bb.tokenizer
     if tok.chat_template:  # decoder-only: the chat template rendered with the text as the user turn
-        text = tok.apply_chat_template([{"role": "user", "content": PARTS[0].text}], add_generation_prompt=True,
-                                       tokenize=False)
+        turn = [{"role": "user", "content": PARTS[0].text}]
+        text = tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
         expected = tok(text, add_special_tokens=False)["input_ids"]
     else:  # T5 without template: text + EOS
         expected = tok(PARTS[0].text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -135,12 +144,12 @@ def test_labels_cover_target_tokens_and_eos_only(tiny_backbone_dir):
 def test_truncation_keeps_scaffold_and_caps_target(tiny_backbone_dir):
     full = _load(tiny_backbone_dir).build(PARTS[:1]).input_ids[0].tolist()
     bb = _load(tiny_backbone_dir, max_prompt_tokens=len(full) - 4, max_target_tokens=3)
-    cut = bb.build(PARTS[:1], targets=["a new battery design that charges"])
     text_ids = bb.tokenizer(PARTS[0].text, add_special_tokens=False)["input_ids"]
     start = full.index(text_ids[0])
     head, tail = full[:start], full[start + len(text_ids):]
-    prompt = cut.input_ids[0].tolist() if cut.position_ids is None else cut.input_ids[0, cut.labels[0] == -100].tolist()
+    prompt = bb.build(PARTS[:1]).input_ids[0].tolist()
     assert prompt == head + text_ids[4:] + tail  # text cut from the left; chat scaffolding (or EOS) kept
+    cut = bb.build(PARTS[:1], targets=["a new battery design that charges"])
     labels = cut.labels[0][cut.labels[0] != -100].tolist()
     assert len(labels) == 3 and bb.tokenizer.eos_token_id not in labels  # a cut target gets no EOS
 

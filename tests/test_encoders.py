@@ -35,6 +35,10 @@ def test_shapes_norm_and_name(enc, tiny_bert_dir):
     assert enc.config.pooling == "mean" and enc.config.max_length == 256
     assert load_encoder(EncoderConfig(str(tiny_bert_dir))).name == enc.name  # stable across loads
     assert enc.encode([]).shape == (0, 32)
+    # the tiny tokenizer adds no special tokens: an empty text has no tokens and embeds to zeros
+    zero = torch.zeros(1, 32)
+    torch.testing.assert_close(enc.encode(["", "music", ""]), torch.cat([zero, out[2:3], zero]))
+    assert enc.encode(["", ""]).abs().sum() == 0
 
 
 def test_encode_matches_forward_in_any_order_and_batch(enc):

@@ -20,6 +20,11 @@ class DecodeConfig:
     num_beams: int = 1  # 1 = greedy; the paper uses beam 4 (about 4x slower on CPU)
     batch_size: int = 8  # questions per generate call
     swap_history: bool = False  # diagnostic: give each question another user's history at prediction
+    classify: str = "generate"  # classification/rating: "generate" then parse, or "rank" the labels by likelihood
+
+    def __post_init__(self) -> None:
+        if self.classify not in ("generate", "rank"):
+            raise ValueError(f"decode.classify must be 'generate' or 'rank', got '{self.classify}'")
 
     def new_tokens(self, kind: str) -> int:
         if self.max_new_tokens is not None:

@@ -189,18 +189,19 @@ class TextEncoder(torch.nn.Module):
             texts: n strings.
 
         Returns:
-            [n, d] embeddings (L2-normalized if ``config.normalize``).
+            [n, d] embeddings (L2-normalized if ``config.normalize``; zeros for a text with no tokens).
         """
         if not texts:
             return torch.zeros(0, self.dim, device=self.device)
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
                                return_tensors="pt")
         batch = {k: batch[k].to(self.device) for k in self._inputs if k in batch}
+        mask = batch["attention_mask"]  # (n, t)
+        if mask.shape[1] == 0:  # only empty texts and a tokenizer that adds no special tokens
+            return torch.zeros(len(texts), self.dim, device=self.device)
         hidden = self.model(**batch).last_hidden_state  # (n, t, d)
-        if self.config.pooling == "cls":
-            out = hidden[:, 0]
-        else:
-            out = mean_pool(hidden, batch["attention_mask"])
+        out = hidden[:, 0] if self.config.pooling == "cls" else mean_pool(hidden, mask)
+        out = torch.where(mask.any(1, keepdim=True), out, 0.0)  # a text with no tokens embeds to zeros
         return F.normalize(out, dim=-1) if self.config.normalize else out  # (n, d)
 
     @torch.no_grad()

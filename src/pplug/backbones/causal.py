@@ -124,7 +124,8 @@ class CausalBackbone(BackboneBase):
             options: n candidate outputs.
 
         Returns:
-            [b, n] float32 log-likelihoods (higher = more likely).
+            [b, n] float32 log-likelihoods (higher = more likely); differentiable w.r.t. the soft
+            tokens, so wrap inference calls in ``torch.no_grad()``.
         """
         no_labels(batch)
         b, n = len(batch), len(options)

@@ -102,7 +102,8 @@ class Seq2SeqBackbone(BackboneBase):
             options: n candidate outputs.
 
         Returns:
-            [b, n] float32 log-likelihoods (higher = more likely).
+            [b, n] float32 log-likelihoods (higher = more likely); differentiable w.r.t. the soft
+            tokens, so wrap inference calls in ``torch.no_grad()``.
         """
         no_labels(batch)
         b, n = len(batch), len(options)

@@ -39,18 +39,28 @@ class RagPrompter:
         return self.task.prompt(question.input, shown)
 
 
+def decode_outputs(backbone, task: Task, built, decode) -> tuple[list[str], list[str]]:
+    """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels."""
+    if task.kind != "generation" and decode.classify == "rank":
+        scores = backbone.score_options(built, list(task.labels))  # [b, n_labels] log-likelihoods
+        best = [task.labels[i] for i in scores.argmax(dim=1).tolist()]
+        return best, best
+    raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
+    return raws, [task.parse(r) for r in raws]
+
+
 def generate_predictions(backbone, task: Task, questions: Sequence[Question], texts: Sequence[str],
                          decode) -> list[Prediction]:
-    """Batched deterministic generation + parsing for plain-text prompts."""
+    """Batched deterministic decoding + parsing for plain-text prompts."""
     preds: list[Prediction] = []
     with torch.no_grad():
         for i in range(0, len(questions), decode.batch_size):
             qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
             built = backbone.build([PromptParts(text=t) for t in ts])
-            raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
+            raws, outs = decode_outputs(backbone, task, built, decode)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
-            preds += [Prediction(q.id, task.parse(r), r, [], int(n)) for q, r, n in zip(qs, raws, n_tokens,
-                                                                                       strict=True)]
+            preds += [Prediction(q.id, o, r, [], int(n)) for q, r, o, n in zip(qs, raws, outs, n_tokens,
+                                                                              strict=True)]
     return preds
 
 

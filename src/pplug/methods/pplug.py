@@ -19,6 +19,7 @@ from pplug.data.records import HistoryItem, Question, Split
 from pplug.encoders import load_encoder
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.methods.base import Prediction, register_method
+from pplug.methods.baselines import decode_outputs
 from pplug.plug import PersonaPlug, PlugOutput
 from pplug.resources import Resources
 from pplug.scoring import score_predictions
@@ -192,11 +193,10 @@ class PPlugMethod:
             qs = list(questions[i:i + dec.batch_size])
             profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
             out, built = self._forward(qs, profiles)
-            raws = self.backbone.generate(built, dec.new_tokens(self.task.kind), dec.num_beams)
+            raws, outs = decode_outputs(self.backbone, self.task, built, dec)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
-            for b, (q, raw) in enumerate(zip(qs, raws, strict=True)):
-                preds.append(Prediction(q.id, self.task.parse(raw), raw, self.explain(out, b, profiles[b]),
-                                        int(n_tokens[b])))
+            for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):
+                preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b])))
         return preds
 
     def explain(self, out: PlugOutput, b: int, profile: list[HistoryItem], top: int = 3) -> list[dict[str, Any]]:
