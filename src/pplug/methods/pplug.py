@@ -17,9 +17,9 @@ from pplug.backbones import PromptParts
 from pplug.config import RunConfig
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.encoders import load_encoder
-from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import decode_outputs
+from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.plug import PersonaPlug, PlugOutput
 from pplug.resources import Resources
 from pplug.scoring import score_predictions
@@ -87,19 +87,25 @@ class PPlugMethod:
         items = profile[-self.config.plug.max_history:] if self.config.plug.max_history else profile
         return items if keep is None else [items[i] for i in keep]
 
-    def _history(self, profiles: list[list[HistoryItem]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """[b, n, d_enc] history embeddings (cached) and their [b, n] mask."""
+    def item_vectors(self, items: list[HistoryItem]) -> torch.Tensor:
+        """[n, d_enc] frozen embeddings of history items (through the on-disk cache)."""
+        if not items:
+            return torch.zeros(0, self.history_encoder.dim)
+        return self.history_encoder.encode([self.task.render_item(it) for it in items])
+
+    def _history(self, profiles: list[list[HistoryItem]],
+                 vectors: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[b, n, d_enc] history embeddings and their [b, n] mask (``vectors``: precomputed per profile)."""
         n = max((len(p) for p in profiles), default=0)
         hist = torch.zeros(len(profiles), n, self.history_encoder.dim)
         mask = torch.zeros(len(profiles), n, dtype=torch.bool)
-        texts = [self.task.render_item(it) for p in profiles for it in p]
-        vecs = self.history_encoder.encode(texts) if texts else None
-        pos = 0
-        for b, p in enumerate(profiles):
-            if p:
-                hist[b, : len(p)] = vecs[pos:pos + len(p)]
-                mask[b, : len(p)] = True
-                pos += len(p)
+        if vectors is None:
+            flat = self.item_vectors([it for p in profiles for it in p])
+            sizes = [len(p) for p in profiles]
+            vectors = list(torch.split(flat, sizes)) if flat.shape[0] else [flat[:0] for _ in profiles]
+        for b, v in enumerate(vectors):
+            hist[b, : v.shape[0]] = v
+            mask[b, : v.shape[0]] = True
         return hist, mask
 
     def _queries(self, questions: Sequence[Question]) -> torch.Tensor:
@@ -118,8 +124,9 @@ class PPlugMethod:
         return out
 
     def _forward(self, questions: Sequence[Question], profiles: list[list[HistoryItem]],
-                 targets: list[str] | None = None) -> tuple[PlugOutput, Any]:
-        hist, mask = self._history(profiles)
+                 targets: list[str] | None = None,
+                 vectors: list[torch.Tensor] | None = None) -> tuple[PlugOutput, Any]:
+        hist, mask = self._history(profiles, vectors)
         query = self._queries(questions) if self.config.plug.use_persona else None
         out = self.plug(query, hist, mask)
         parts = [PromptParts(text=self.task.prompt(q.input), prefix=pre)
@@ -184,7 +191,15 @@ class PPlugMethod:
 
     # ---- prediction -------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, questions: Sequence[Question]) -> list[Prediction]:
+    def predict(self, questions: Sequence[Question],
+                vectors: list[torch.Tensor] | None = None) -> list[Prediction]:
+        """Predictions in order.
+
+        Args:
+            questions: the questions (their profiles are the users' histories).
+            vectors: optional precomputed [n_i, d_enc] embeddings of each question's profile (the server
+                stores them when items are written, so a request never re-encodes history).
+        """
         self.trainable.eval()
         dec = self.config.decode
         all_profiles = swapped_profiles(questions) if dec.swap_history else [q.profile for q in questions]
@@ -192,7 +207,11 @@ class PPlugMethod:
         for i in range(0, len(questions), dec.batch_size):
             qs = list(questions[i:i + dec.batch_size])
             profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
-            out, built = self._forward(qs, profiles)
+            vecs = None
+            if vectors is not None:
+                vecs = [v[-len(p):] if p else v[:0] for v, p in zip(vectors[i:i + dec.batch_size], profiles,
+                                                                     strict=True)]
+            out, built = self._forward(qs, profiles, vectors=vecs)
             raws, outs = decode_outputs(self.backbone, self.task, built, dec)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):

@@ -1,0 +1,129 @@
+"""``POST /v1/generate`` and the OpenAI-compatible ``POST /v1/chat/completions`` (+ ``GET /v1/models``)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from pplug.data.records import Question
+from pplug.errors import PPlugError
+from pplug.methods import Prediction
+from pplug.server.batching import QueueFull
+from pplug.server.deps import ServerState, State, Tenant
+from pplug.server.errors import ApiError, log
+from pplug.server.routes_items import not_found
+from pplug.server.runtime import BatchKey, TaskModel, profile_tensor, task_key
+from pplug.server.schemas import ChatRequest, Explanation, GenerateRequest, GenerateResponse, TaskInfo
+from pplug.server.store import NotFound
+
+router = APIRouter(prefix="/v1", tags=["generate"])
+
+
+@dataclass
+class Personalized:
+    prediction: Prediction
+    completion_tokens: int
+    batch_size: int
+    history_size: int
+
+
+def _check_input(st: ServerState, text: str, max_new_tokens: int | None, param: str, tokens_param: str) -> None:
+    if len(text) > st.config.max_input_chars:
+        raise ApiError(413, f"input has {len(text)} characters; the limit is {st.config.max_input_chars} "
+                            "(max_input_chars)", param)
+    if max_new_tokens is not None and max_new_tokens > st.config.max_new_tokens_limit:
+        raise ApiError(422, f"{tokens_param}={max_new_tokens} is above the server's limit "
+                            f"{st.config.max_new_tokens_limit}", tokens_param)
+
+
+async def personalize(st: ServerState, tenant: int, m: TaskModel, user_id: str, text: str,
+                      max_new_tokens: int | None, num_beams: int | None) -> Personalized:
+    """Read the user's stored profile embeddings, queue the request for the next backbone batch, wait."""
+    try:
+        items, vecs = await run_in_threadpool(st.store.profile, tenant, user_id, m.space, m.max_history)
+    except NotFound as e:
+        raise not_found(e) from None
+    question = Question(id=uuid.uuid4().hex, input=text, profile=items, user_id=user_id)
+    key = BatchKey(task_key(m.task.name), max_new_tokens, num_beams)
+    try:
+        (pred, n_gen), batch = await st.batcher.submit(key, (question, profile_tensor(m, vecs)))
+    except QueueFull as e:
+        raise ApiError(503, str(e), headers={"Retry-After": "1"}) from None
+    except PPlugError as e:
+        raise ApiError(422, str(e)) from None
+    except Exception as e:
+        log.exception("generation failed")
+        raise ApiError(500, f"generation failed: {type(e).__name__}: {e}") from None
+    return Personalized(pred, n_gen, batch, len(items))
+
+
+@router.get("/tasks", response_model=list[TaskInfo], tags=["tasks"])
+async def tasks(st: State, _: Tenant) -> list[TaskInfo]:
+    """The served tasks and the item fields each needs."""
+    return [TaskInfo(name=m.task.name, kind=m.task.kind, item_fields=list(m.task.item_fields), run=m.run)
+            for m in st.models.values()]
+
+
+@router.post("/generate", response_model=GenerateResponse,
+             responses={404: {"description": "unknown user or task"}, 413: {"description": "input too long"}})
+async def generate(body: GenerateRequest, st: State, tenant: Tenant) -> GenerateResponse:
+    """Personalized output for one user, with the history items the plug weighted most (the explanation)."""
+    t0 = time.perf_counter()
+    m = st.model(body.task)
+    _check_input(st, body.input, body.max_new_tokens, "input", "max_new_tokens")
+    r = await personalize(st, tenant, m, body.user_id, body.input, body.max_new_tokens, body.num_beams)
+    p = r.prediction
+    return GenerateResponse(user_id=body.user_id, task=m.task.name, output=p.output, raw=p.raw,
+                            explanation=[Explanation(**e) for e in p.explanation],
+                            latency_ms=round((time.perf_counter() - t0) * 1000, 2), batch_size=r.batch_size,
+                            history_size=r.history_size, prompt_tokens=p.prompt_tokens)
+
+
+def _last_user_text(body: ChatRequest) -> str:
+    for msg in reversed(body.messages):
+        if msg.role != "user" or msg.content is None:
+            continue
+        if isinstance(msg.content, str):
+            text = msg.content
+        else:
+            text = "\n".join(p.text for p in msg.content if p.type == "text" and p.text)
+        if text.strip():
+            return text
+    raise ApiError(422, "no user message with text content: the last user message is the task input", "messages")
+
+
+@router.post("/chat/completions", tags=["openai"])
+async def chat_completions(body: ChatRequest, st: State, tenant: Tenant) -> dict[str, Any]:
+    """OpenAI-compatible: ``model`` is a served task, ``user`` the user to personalize for, and the last user
+    message the task input. Decoding is deterministic; sampling options are ignored."""
+    t0 = time.perf_counter()
+    if body.stream:
+        raise ApiError(422, "streaming is not supported: set 'stream' to false", "stream")
+    if body.user is None:
+        raise ApiError(422, "set 'user' to the id of the user to personalize for", "user")
+    m = st.model(body.model, "model")
+    text = _last_user_text(body)
+    max_new = body.max_completion_tokens or body.max_tokens
+    _check_input(st, text, max_new, "messages", "max_completion_tokens" if body.max_completion_tokens
+                 else "max_tokens")
+    r = await personalize(st, tenant, m, body.user, text, max_new, None)
+    p = r.prediction
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": m.task.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": p.output}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": p.prompt_tokens, "completion_tokens": r.completion_tokens,
+                      "total_tokens": p.prompt_tokens + r.completion_tokens},
+            "pplug": {"explanation": p.explanation, "batch_size": r.batch_size, "history_size": r.history_size,
+                      "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}}
+
+
+@router.get("/models", tags=["openai"])
+async def models(st: State, _: Tenant) -> dict[str, Any]:
+    """OpenAI-compatible model list: one model per served task."""
+    return {"object": "list", "data": [{"id": m.task.name, "object": "model", "owned_by": "pplug"}
+                                       for m in st.models.values()]}

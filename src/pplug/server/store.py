@@ -1,0 +1,280 @@
+"""The user store: tenants, API keys, users, history items and their cached embeddings (SQLAlchemy 2).
+
+SQLite by default (one embedded file in WAL mode); any SQLAlchemy URL works unchanged (PostgreSQL).
+A write is acknowledged only after its transaction committed, and an item's embeddings are written in
+the same transaction as the item, so a request never re-encodes history.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from pplug.data.records import HistoryItem
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key itself is never stored
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(256))  # the id the tenant uses
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Item(Base):
+    __tablename__ = "history_items"
+    __table_args__ = (UniqueConstraint("user_id", "item_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # insertion order = history order
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(String(256))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    date: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ItemEmbedding(Base):
+    __tablename__ = "item_embeddings"
+    item_pk: Mapped[int] = mapped_column(ForeignKey("history_items.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(128), primary_key=True)  # task + encoder id (see runtime.py)
+    dim: Mapped[int] = mapped_column(Integer)
+    vec: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [dim]
+
+
+class NotFound(LookupError):
+    """An unknown user or item (of this tenant): ``kind`` and ``id`` name it."""
+
+    def __init__(self, kind: str, id: str):
+        super().__init__(f"unknown {kind} '{id}'")
+        self.kind, self.id = kind, id
+
+
+class LimitExceeded(ValueError):
+    """A write would pass a configured limit; the message says which and by how much."""
+
+
+@dataclass
+class NewItem:
+    """An item to write, with its embedding per space (``vectors[space]``: [d] float32; [0] where the item
+    lacks the fields of that space's task)."""
+
+    id: str
+    fields: dict[str, Any]
+    date: str | None
+    vectors: dict[str, np.ndarray]
+
+
+def make_engine(url: str, synchronous: str = "FULL") -> Engine:
+    """An engine; for SQLite: the folder is created and every connection gets WAL, ``synchronous``,
+    foreign keys and a busy timeout."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if u.database and u.database != ":memory:":
+        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
+
+
+class Store:
+    """All reads and writes of the server, scoped by tenant. Methods are blocking (call them off the loop).
+
+    Args:
+        url: SQLAlchemy database URL.
+        synchronous: SQLite ``PRAGMA synchronous`` (FULL/NORMAL).
+    """
+
+    def __init__(self, url: str, synchronous: str = "FULL"):
+        self.engine = make_engine(url, synchronous)
+        Base.metadata.create_all(self.engine)
+        self._write = threading.Lock()  # one writer at a time in this process (SQLite has one writer anyway)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+
+    # ---- tenants and keys ---------------------------------------------------------------------
+    def add_key(self, tenant: str, key_hash: str) -> int:
+        """Attach a key (by hash) to a tenant, creating the tenant if needed; idempotent. Returns the tenant id."""
+        with self._write, Session(self.engine) as s, s.begin():
+            t = s.scalar(select(Tenant).where(Tenant.name == tenant))
+            if t is None:
+                t = Tenant(name=tenant)
+                s.add(t)
+                s.flush()
+            owner = s.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash))
+            if owner is not None and owner != t.id:
+                raise ValueError(f"this key already belongs to another tenant than '{tenant}'")
+            if owner is None:
+                s.add(ApiKey(tenant_id=t.id, key_hash=key_hash))
+            return t.id
+
+    def tenant_for(self, key_hash: str) -> int | None:
+        with Session(self.engine) as s:
+            return s.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash))
+
+    # ---- users and items ----------------------------------------------------------------------
+    def _user(self, s: Session, tenant: int, user: str, lock: bool = False) -> User | None:
+        q = select(User).where(User.tenant_id == tenant, User.external_id == user)
+        return s.scalar(q.with_for_update() if lock else q)
+
+    def add_items(self, tenant: int, user: str, items: Sequence[NewItem], max_history: int) -> int:
+        """Write items (an existing id is replaced and becomes the newest); creates the user if needed.
+
+        Returns:
+            the user's history size after the write (committed when this returns).
+
+        Raises:
+            LimitExceeded: the history would hold more than ``max_history`` items (nothing is written).
+        """
+        with self._write, Session(self.engine) as s, s.begin():
+            u = self._user(s, tenant, user, lock=True)
+            if u is None:
+                u = User(tenant_id=tenant, external_id=user)
+                s.add(u)
+                s.flush()
+            old = list(s.scalars(select(Item.id).where(Item.user_id == u.id,
+                                                       Item.item_id.in_([it.id for it in items]))))
+            if old:
+                s.execute(delete(ItemEmbedding).where(ItemEmbedding.item_pk.in_(old)))
+                s.execute(delete(Item).where(Item.id.in_(old)))
+            size = s.scalar(select(func.count()).select_from(Item).where(Item.user_id == u.id)) + len(items)
+            if size > max_history:
+                raise LimitExceeded(f"user '{user}' would have {size} history items; the limit is {max_history} "
+                                    "(max_history_items): delete some items first")
+            rows = [Item(user_id=u.id, item_id=it.id, fields=it.fields, date=it.date) for it in items]
+            s.add_all(rows)
+            s.flush()
+            s.add_all([ItemEmbedding(item_pk=row.id, space=space, dim=int(v.shape[0]),
+                                     vec=np.asarray(v, dtype=np.float32).tobytes())
+                       for row, it in zip(rows, items, strict=True) for space, v in it.vectors.items()])
+            return size
+
+    def user_info(self, tenant: int, user: str) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            u = self._user(s, tenant, user)
+            if u is None:
+                raise NotFound("user", user)
+            n = s.scalar(select(func.count()).select_from(Item).where(Item.user_id == u.id))
+            return {"user_id": user, "history_size": n, "created_at": u.created_at.isoformat()}
+
+    def list_items(self, tenant: int, user: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the user's items, oldest first, and the total count."""
+        with Session(self.engine) as s:
+            u = self._user(s, tenant, user)
+            if u is None:
+                raise NotFound("user", user)
+            total = s.scalar(select(func.count()).select_from(Item).where(Item.user_id == u.id))
+            rows = s.scalars(select(Item).where(Item.user_id == u.id).order_by(Item.id).offset(offset).limit(limit))
+            return [{"id": r.item_id, "fields": r.fields, "date": r.date} for r in rows], total
+
+    def delete_items(self, tenant: int, user: str, item_id: str | None = None, with_user: bool = False) -> int:
+        """Delete one item (``item_id``) or all of the user's items (and the user herself if ``with_user``),
+        in one transaction; returns how many items went."""
+        with self._write, Session(self.engine) as s, s.begin():
+            u = self._user(s, tenant, user, lock=True)
+            if u is None:
+                raise NotFound("user", user)
+            q = select(Item.id).where(Item.user_id == u.id)
+            pks = list(s.scalars(q if item_id is None else q.where(Item.item_id == item_id)))
+            if item_id is not None and not pks:
+                raise NotFound("item", item_id)
+            s.execute(delete(ItemEmbedding).where(ItemEmbedding.item_pk.in_(pks)))
+            s.execute(delete(Item).where(Item.id.in_(pks)))
+            if with_user:
+                s.execute(delete(User).where(User.id == u.id))
+            return len(pks)
+
+    def delete_user(self, tenant: int, user: str) -> int:
+        """Delete a user and everything of hers (items, embeddings); returns the number of items deleted."""
+        return self.delete_items(tenant, user, with_user=True)
+
+    def profile(self, tenant: int, user: str, space: str, last: int | None) -> tuple[list[HistoryItem], np.ndarray]:
+        """The user's ``last`` newest items that have an embedding in ``space`` (oldest first) and their
+        embeddings [n, d] float32."""
+        with Session(self.engine) as s:
+            u = self._user(s, tenant, user)
+            if u is None:
+                raise NotFound("user", user)
+            q = (select(Item, ItemEmbedding.vec).join(ItemEmbedding, (ItemEmbedding.item_pk == Item.id)
+                                                      & (ItemEmbedding.space == space) & (ItemEmbedding.dim > 0))
+                 .where(Item.user_id == u.id).order_by(Item.id.desc()))
+            rows = list(s.execute(q.limit(last) if last else q))[::-1]
+        items = [HistoryItem(r.Item.item_id, dict(r.Item.fields), r.Item.date) for r in rows]
+        vecs = [np.frombuffer(r.vec, dtype=np.float32) for r in rows]
+        return items, (np.stack(vecs) if vecs else np.zeros((0, 0), dtype=np.float32))
+
+    # ---- backfill (a task added after items were written) ---------------------------------------
+    def items_missing(self, space: str, limit: int) -> list[tuple[int, HistoryItem]]:
+        """Up to ``limit`` items of any user without an embedding in ``space``."""
+        have = select(ItemEmbedding.item_pk).where(ItemEmbedding.space == space)
+        with Session(self.engine) as s:
+            rows = s.scalars(select(Item).where(Item.id.not_in(have)).order_by(Item.id).limit(limit))
+            return [(r.id, HistoryItem(r.item_id, dict(r.fields), r.date)) for r in rows]
+
+    def put_embeddings(self, space: str, pks: Sequence[int], vecs: Sequence[np.ndarray | None]) -> None:
+        """Store embeddings; ``None`` marks an item that does not fit the space (empty vector, skipped later)."""
+        with self._write, Session(self.engine) as s, s.begin():
+            for pk, v in zip(pks, vecs, strict=True):
+                if s.get(Item, pk) is None:  # deleted meanwhile
+                    continue
+                v = np.zeros(0, dtype=np.float32) if v is None else np.asarray(v, dtype=np.float32)
+                s.merge(ItemEmbedding(item_pk=pk, space=space, dim=int(v.shape[0]), vec=v.tobytes()))

@@ -1,0 +1,128 @@
+"""PPlug end to end on tiny random models (both backbone kinds): freezing, parameter count, run folder,
+train -> save -> load -> predict round trip, swap-history and explanations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pplug.config import RunConfig
+from pplug.data import load_split
+from pplug.methods.pplug import Example, PPlugMethod, augment, swapped_profiles
+from pplug.resources import Resources
+from pplug.runner import eval_run, load_run, train_run
+from pplug.synth import SynthConfig, synthesize
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    cfg = SynthConfig(n_train_users=4, n_dev_users=2, n_test_users=2, min_profile=3, max_profile=6)
+    return synthesize(tmp_path_factory.mktemp("synth"), cfg)
+
+
+def tiny_config(data, backbone_dir, encoder_dir, **plug) -> RunConfig:
+    cfg = RunConfig(method="pplug", data=str(data))
+    cfg.backbone.name_or_path, cfg.encoder.name_or_path = str(backbone_dir), str(encoder_dir)
+    cfg.train.max_steps, cfg.train.progress, cfg.train.augment_copies, cfg.train.dev_limit = 2, False, 1, 2
+    cfg.train.batch_size, cfg.decode.max_new_tokens = 4, 4
+    for k, v in plug.items():
+        setattr(cfg.plug, k, v)
+    return cfg
+
+
+def test_frozen_backbone_and_encoder_get_no_gradients(synth, tiny_backbone_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_topic"], tiny_backbone_dir, tiny_bert_dir, n_persona_tokens=2)
+    cfg.task = "synth_topic"
+    method = PPlugMethod(cfg, Resources(None))
+    train = load_split(cfg.data, "train")
+    loss = method._loss([Example(q, train.gold(q)) for q in train.questions[:3]])
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in method.backbone.model.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in method.history_encoder.encoder.parameters())
+    assert all(p.grad is not None for p in method.plug.parameters() if p.requires_grad)
+    d_enc, d_lm, k = method.history_encoder.dim, method.backbone.hidden_size, 2
+    plug_params = (d_enc * d_lm + d_lm + d_lm * k * d_lm + k * d_lm) + (d_enc * d_lm + d_lm + d_lm * d_lm + d_lm) \
+        + d_enc + 1 + (1 + k)  # proj + proj_I + I0 + log_tau + gain
+    enc_params = sum(p.numel() for p in method.input_encoder.parameters())
+    assert method.n_trainable() == plug_params + enc_params
+
+
+def test_frozen_input_encoder_is_not_trained(synth, tiny_llama_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir, train_input_encoder=False)
+    cfg.task = "synth_topic"
+    method = PPlugMethod(cfg, Resources(None))
+    assert method.input_encoder is None and "input_encoder" not in method.trainable
+
+
+def test_train_save_load_predict_round_trip(synth, tiny_backbone_dir, tiny_bert_dir, tmp_path):
+    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir, n_persona_tokens=2)
+    res = Resources(None)
+    report = train_run(cfg, tmp_path / "run", res)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "model.safetensors", "train_report.json"} <= files
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["task"] == "synth_title" and saved["plug"]["n_persona_tokens"] == 2
+    assert report["steps"] == 2 and report["trainable_parameters"] > 0
+    # the run folder holds the trainable weights only: far smaller than the backbone
+    backbone_bytes = sum(p.numel() * 4 for p in res.backbone(cfg.backbone).model.parameters())
+    enc_bytes = sum(p.numel() * 4 for p in res.encoder(cfg.encoder).encoder.parameters())
+    assert (tmp_path / "run" / "model.safetensors").stat().st_size < enc_bytes + backbone_bytes / 2
+
+    test = load_split(cfg.data, "test")
+    _, trained = load_run(tmp_path / "run", res)
+    first = trained.predict(test.questions)
+    _, again = load_run(tmp_path / "run", res)
+    second = again.predict(test.questions)
+    assert [p.output for p in first] == [p.output for p in second]
+    assert len(first) == len(test) and all(p.explanation for p in first)
+    top = first[0].explanation
+    assert {"item_id", "weight", "text"} <= set(top[0]) and top[0]["weight"] >= top[-1]["weight"]
+    report = eval_run(tmp_path / "run", cfg.data, "test", resources=res)
+    assert set(report["metrics"]) == {"rouge-1", "rouge-L"} and report["questions"] == len(test)
+
+
+def test_precomputed_vectors_equal_encoding(synth, tiny_llama_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir)
+    cfg.task = "synth_topic"
+    method = PPlugMethod(cfg, Resources(None))
+    qs = load_split(cfg.data, "test").questions
+    vecs = [method.item_vectors(q.profile) for q in qs]
+    assert [p.output for p in method.predict(qs)] == [p.output for p in method.predict(qs, vectors=vecs)]
+
+
+def test_swap_history_gives_every_question_another_users_profile(synth):
+    qs = load_split(synth["synth_topic"], "test", "synth_topic").questions
+    swapped = swapped_profiles(qs)
+    owner = {id(q.profile): q.user_key for q in qs}
+    assert all(owner[id(p)] != q.user_key for q, p in zip(qs, swapped, strict=True))
+
+
+def test_augmentation_drops_between_1_and_50_percent():
+    ex = [Example(question=None, gold="x")]  # type: ignore[arg-type]
+    out = augment(ex, [10], copies=10, max_drop=0.5, seed=0)
+    assert len(out) == 11
+    kept = [len(e.keep) for e in out[1:]]
+    assert all(5 <= k <= 9 for k in kept) and len(set(kept)) > 1
+    assert augment(ex, [2], copies=10, max_drop=0.5, seed=0) == ex  # <= 2 items: no copies
+
+
+def test_rank_decoding_always_returns_a_label(synth, tiny_backbone_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_topic"], tiny_backbone_dir, tiny_bert_dir)
+    cfg.task, cfg.decode.classify = "synth_topic", "rank"
+    method = PPlugMethod(cfg, Resources(None))
+    preds = method.predict(load_split(cfg.data, "test").questions)
+    assert all(p.output in method.task.labels for p in preds)
+
+
+def test_user_without_history_masks_the_persona(synth, tiny_llama_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir)
+    cfg.task = "synth_topic"
+    method = PPlugMethod(cfg, Resources(None))
+    q = load_split(cfg.data, "test").questions[0]
+    q.profile = []
+    out, built = method._forward([q], [[]])
+    assert out.soft_mask.tolist() == [[True, False]]
+    with torch.no_grad():
+        assert method.predict([q])[0].explanation == []
