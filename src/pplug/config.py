@@ -110,3 +110,27 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     except json.JSONDecodeError:
         value = raw
     setattr(target, parts[-1], value)
+
+
+def config_from_spec(spec: str, data: str, overrides: list[str] | None = None) -> RunConfig:
+    """A RunConfig from a method spec ``name[:variant][@section.field=value,...]``.
+
+    ``variant`` is a PPlug ablation (``pplug:no_persona``) or ``swap_history``; the ``@`` part sets
+    fields for this method only (e.g. ``pplug@plug.n_persona_tokens=4``); ``overrides`` apply first.
+    """
+    from pplug.plug import ABLATIONS
+
+    head, _, sets = spec.partition("@")
+    name, _, variant = head.partition(":")
+    cfg = RunConfig(method=name, data=str(data))
+    if variant in ABLATIONS:
+        cfg.plug.ablation = variant
+    elif variant == "swap_history":
+        cfg.decode.swap_history = True
+    elif variant:
+        raise PPlugError(f"unknown variant '{variant}' in '{spec}': use one of {ABLATIONS + ('swap_history',)}")
+    for o in [*(overrides or []), *(s for s in sets.split(",") if s)]:
+        apply_override(cfg, o)
+    cfg.plug.__post_init__()
+    cfg.decode.__post_init__()
+    return cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | None = None) -> dict[str, Any]:
-    """Fit ``config.method`` on ``config.data`` (train split; selects on dev when present)."""
+def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | None = None,
+              resume: bool = False) -> dict[str, Any]:
+    """Fit ``config.method`` on ``config.data`` (train split; selects on dev when present).
+
+    Args:
+        resume: continue from ``run_dir/checkpoint/`` (the end of the last finished epoch) when it exists;
+            otherwise an old checkpoint there is discarded and training starts fresh.
+    """
     run_dir = Path(run_dir)
+    if not resume and (run_dir / "checkpoint").is_dir():
+        shutil.rmtree(run_dir / "checkpoint")
     config.task = resolve_task(config.data, config.task or None)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")

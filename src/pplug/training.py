@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 @dataclass
 class TrainConfig:
     epochs: int = 2  # passes over the (augmented) training examples (paper: 2; 1 for rating)
-    lr: float = 1e-3  # peak AdamW learning rate (paper: 1e-4 on FlanT5-XXL; 1e-3 is stable here with normalized soft tokens)
+    lr: float = 1e-3  # peak AdamW lr (paper: 1e-4 on FlanT5-XXL; 1e-3 is stable here with normalized soft tokens)
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup: float = 0.05  # fraction of steps with linear warmup, then linear decay to 0
     batch_size: int = 8  # examples per micro-batch
@@ -31,6 +31,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
     limit: int | None = None  # use only the first N training questions (before augmentation)
     dev_limit: int | None = None  # evaluate on only the first N dev questions each epoch
+    select_on_dev: bool = True  # evaluate on dev after each epoch and keep the best epoch (else keep the last)
     seed: int = 0  # seeds shuffling, augmentation and initialization
     augment_copies: int = 10  # history augmentation: extra copies per example with > 2 items (0 = off)
     augment_max_drop: float = 0.5  # each copy drops a random 1..max_drop share of the items

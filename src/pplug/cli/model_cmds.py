@@ -9,14 +9,8 @@ from typing import Annotated
 
 import typer
 
-from pplug.errors import PPlugError
 
 Opt = typer.Option
-
-
-def _method_and_variant(spec: str) -> tuple[str, str | None]:
-    name, _, variant = spec.partition(":")
-    return name, variant or None
 
 
 def build_config(method: str, data: Path, task: str | None, backbone: str | None, encoder: str | None,
@@ -24,18 +18,11 @@ def build_config(method: str, data: Path, task: str | None, backbone: str | None
                  limit: int | None, dev_limit: int | None, seed: int | None, persona_tokens: int | None,
                  augment_copies: int | None, class_balanced: bool | None, train_input_encoder: bool | None,
                  k: int | None, retriever: str | None, users: int | None, overrides: list[str] | None):
-    """A RunConfig from CLI flags (``method`` may carry a variant: ``pplug:no_persona``)."""
-    from pplug.config import RunConfig, apply_override
-    from pplug.plug import ABLATIONS
+    """A RunConfig from CLI flags (``method`` is a spec: ``pplug:no_persona``, ``pplug@plug.top_k=2``)."""
+    from pplug.config import config_from_spec
 
-    name, variant = _method_and_variant(method)
-    cfg = RunConfig(method=name, data=str(data), task=task or "")
-    if variant in ABLATIONS:
-        cfg.plug.ablation = variant
-    elif variant == "swap_history":
-        cfg.decode.swap_history = True
-    elif variant is not None:
-        raise PPlugError(f"unknown variant '{variant}' of '{name}': use one of {ABLATIONS + ('swap_history',)}")
+    cfg = config_from_spec(method, str(data))
+    cfg.task = task or ""
     pairs = [(cfg.backbone, "name_or_path", backbone), (cfg.encoder, "name_or_path", encoder),
              (cfg.train, "epochs", epochs), (cfg.train, "lr", lr), (cfg.train, "batch_size", batch_size),
              (cfg.train, "max_steps", max_steps), (cfg.train, "limit", limit), (cfg.train, "dev_limit", dev_limit),
@@ -46,8 +33,11 @@ def build_config(method: str, data: Path, task: str | None, backbone: str | None
     for section, field, value in pairs:
         if value is not None:
             setattr(section, field, value)
-    for o in overrides or []:
-        apply_override(cfg, o)
+    if overrides:
+        from pplug.config import apply_override
+
+        for o in overrides:
+            apply_override(cfg, o)
     cfg.plug.__post_init__()
     return cfg
 
@@ -76,6 +66,7 @@ def train(
     retriever: Annotated[str | None, Opt(help="Retrieval: bm25 | dense | recency.")] = None,
     users: Annotated[int | None, Opt(help="OPPU: personalize only the first N test users.")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="Any config field: section.field=value.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue from the run folder's last epoch checkpoint.")] = False,
 ) -> None:
     """Train a method on the train split, keep the best dev epoch, write the run folder."""
     from pplug.runner import train_run
@@ -83,7 +74,7 @@ def train(
     cfg = build_config(method, data, task, backbone, encoder, epochs, lr, batch_size, max_steps, limit,
                        dev_limit, seed, persona_tokens, augment_copies, class_balanced, train_input_encoder,
                        k, retriever, users, set_)
-    report = train_run(cfg, out)
+    report = train_run(cfg, out, resume=resume)
     report.pop("history", None)
     typer.echo(json.dumps(report, indent=1))
 

@@ -170,7 +170,7 @@ class PPlugMethod:
 
         result = train_loop(
             [p for p in self.trainable.parameters() if p.requires_grad], self._loss, examples, cfg,
-            evaluate=evaluate if dev is not None and dev.golds else None,
+            evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
             higher_is_better=HIGHER_IS_BETTER[metric], on_best=lambda: self.save(run_dir),
             checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
             load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name)

@@ -9,6 +9,7 @@ resolves the requests' futures. ``max_batch_size=1`` turns batching off.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
@@ -17,6 +18,7 @@ from typing import Any
 
 from pplug.server.metrics import Metrics
 
+log = logging.getLogger("pplug.server")
 RunBatch = Callable[[Hashable, list[Any]], list[Any]]  # (key, payloads) -> one result per payload; blocking
 
 
@@ -134,6 +136,7 @@ class MicroBatcher:
                 try:
                     await self._run(key, jobs)
                 except Exception as e:  # never let the worker die; fail only this group
+                    log.exception("batch failed")
                     for j in jobs:
                         if not j.future.done():
                             j.future.set_exception(e)

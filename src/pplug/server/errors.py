@@ -53,6 +53,15 @@ def field_path(loc: Sequence[Any]) -> str:
     return out or "body"
 
 
+def _detail(err: dict[str, Any]) -> dict[str, Any]:
+    loc, kind = err.get("loc", ()), err.get("type", "")
+    if kind == "json_invalid":  # loc is ("body", character offset)
+        where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        return {"field": "body", "message": f"invalid JSON{where}: {err.get('ctx', {}).get('error', '')}".rstrip(": "),
+                "type": kind}
+    return {"field": field_path(loc), "message": err.get("msg", "invalid"), "type": kind}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map ApiError, validation errors and Starlette HTTP errors onto the error shape."""
 
@@ -62,8 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        details = [{"field": field_path(err.get("loc", ())), "message": err.get("msg", "invalid"),
-                    "type": err.get("type", "")} for err in e.errors()]
+        details = [_detail(err) for err in e.errors()]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
         if len(details) > 5:
             message += f"; and {len(details) - 5} more"

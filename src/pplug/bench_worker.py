@@ -1,0 +1,79 @@
+"""One method of a benchmark, in its own process: train (select on dev), evaluate on test, measure cost.
+
+Writes ``RUN/bench_result.json``. Called by ``pplug.bench``; not meant to be run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pplug.config import config_from_spec
+from pplug.data import load_split
+from pplug.resources import Resources
+from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
+
+
+def latency_probe(method, questions) -> dict[str, float]:
+    """Single-question requests (batch 1): mean and p95 seconds."""
+    times = []
+    for q in questions:
+        t0 = time.perf_counter()
+        method.predict([q])
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))] if times else None
+    return {"latency_mean": statistics.mean(times) if times else None, "latency_p95": p95}
+
+
+def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str, Any]:
+    cfg = config_from_spec(spec, data, bench.get("overrides"))
+    cfg.train.limit = bench.get("train_limit") or cfg.train.limit
+    cfg.train.dev_limit = bench.get("dev_limit") or cfg.train.dev_limit
+    cfg.lora.users = bench.get("users") or cfg.lora.users
+    swap = cfg.decode.swap_history
+    cfg.decode.swap_history = False  # swap is a prediction-time diagnostic; train as usual
+    resources = Resources()
+    base = run_dir.parent / spec.split(":")[0].split("@")[0]
+    if swap and (base / "model.safetensors").is_file() and (base / "config.json").is_file():
+        run_dir = base  # reuse the already trained plain run
+        report = json.loads((base / "train_report.json").read_text())
+        report["train_seconds"] = 0.0
+    else:
+        report = train_run(cfg, run_dir, resources, resume=True)
+    limit = bench.get("limit")
+    ev = eval_run(run_dir, data, "test", limit, swap_history=swap, resources=resources)
+    _, method = load_run(run_dir, resources, swap_history=swap)
+    test = load_split(data, "test", cfg.task or None).limit(limit)
+    lat = latency_probe(method, test.questions[: bench.get("latency_questions", 16)])
+    onboard_s, state_bytes = None, None
+    if hasattr(method, "onboard_cost"):
+        onboard_s, state_bytes = method.onboard_cost(test.questions, run_dir)
+    cost = {"train_seconds": report.get("train_seconds", 0.0), "onboard_seconds": onboard_s,
+            "state_bytes": state_bytes, "mean_prompt_tokens": ev.get("mean_prompt_tokens"),
+            "predict_seconds_per_question": ev.get("seconds_per_question"), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "trainable_parameters": report.get("trainable_parameters"), **lat}
+    return {"method": spec, "status": "ok", "test_questions": ev.get("questions"), "metrics": ev.get("metrics"),
+            "cost": cost, "train": {k: v for k, v in report.items() if k != "history"},
+            "history": report.get("history")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--bench-config", required=True)
+    a = ap.parse_args()
+    run_dir = Path(a.run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = run(a.spec, a.data, run_dir, json.loads(a.bench_config))
+    (run_dir / "bench_result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
