@@ -185,8 +185,8 @@ def test_generate_uses_stored_embeddings_and_matches_direct_predict(client, monk
     add(client, "fay", items)
     method = client.app.state.pplug.models["synth-topic"].method
     expected = method.predict([Question("q", "note: a cat", [HistoryItem(it["id"], it["fields"]) for it in items])])[0]
-    calls = []
-    monkeypatch.setattr(method, "item_vectors", lambda its: calls.append(its) or pytest.fail("re-encoded history"))
+    calls, real = [], method.item_vectors
+    monkeypatch.setattr(method, "item_vectors", lambda its: calls.append(its) or real(its))
     body = gen(client, "fay").json()
     assert calls == []
     assert body["output"] == expected.output and body["raw"] == expected.raw

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-
 Opt = typer.Option
 
 
@@ -116,6 +115,8 @@ def register(app: typer.Typer) -> None:
     app.command()(predict)
     app.command(name="eval")(eval_)
     app.command()(methods)
+    from pplug.cli import bench_cmd
     from pplug.cli.demo_cmd import demo
 
     app.command()(demo)
+    bench_cmd.register(app)

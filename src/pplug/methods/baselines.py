@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,28 @@ class PromptMethod:
 
     def load(self, run_dir: Path) -> None:
         return None
+
+    def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
+        """Onboarding = indexing her history: BM25 builds its index per request from the stored items (timed
+        here as one retrieval), dense encodes the items (stored as float32 embeddings), recency/zero-shot: 0."""
+        retriever = self.prompter.retriever
+        if retriever is None or self.config.retrieval.retriever == "recency":
+            return 0.0, 0
+        seen: dict[str, Question] = {}
+        for q in questions:
+            if len(q.profile) >= len(seen.get(q.user_key, q).profile):
+                seen[q.user_key] = q
+        secs, sizes = [], []
+        for q in list(seen.values())[:users]:
+            t0 = time.perf_counter()
+            if self.config.retrieval.retriever == "dense":
+                retriever.encoder.encoder.encode([self.task.render_item(it) for it in q.profile])
+                sizes.append(len(q.profile) * retriever.encoder.dim * 4)
+            else:
+                retriever.retrieve(self.task.query(q.input), q.profile, self.config.retrieval.k)
+                sizes.append(0)
+            secs.append(time.perf_counter() - t0)
+        return sum(secs) / max(1, len(secs)), int(sum(sizes) / max(1, len(sizes)))
 
     def predict(self, questions: Sequence[Question]) -> list[Prediction]:
         texts = [self.prompter.text(q) for q in questions]

@@ -286,6 +286,19 @@ class LoraMethod:
         return preds  # type: ignore[return-value]
 
     # ---- per-user stage ---------------------------------------------------------------------------
+    def onboard_cost(self, questions: Sequence[Question], run_dir: Path) -> tuple[float, int]:
+        """task-lora: nothing per user. OPPU: mean seconds to train one user's adapter and mean adapter file size."""
+        if not self.per_user:
+            return 0.0, 0
+        sizes = adapter_bytes(run_dir)
+        secs = list(self.user_seconds.values())
+        if not secs:
+            metas = [json.loads(p.read_text()) for p in (Path(run_dir) / USERS_DIR).glob(f"*/{META_FILE}")]
+            secs = [m["train_seconds"] for m in metas]
+        if not sizes:
+            return (sum(secs) / len(secs) if secs else 0.0), 0
+        return (sum(secs) / len(secs) if secs else 0.0), int(sum(sizes.values()) / len(sizes))
+
     def user_train_config(self) -> TrainConfig:
         """The per-user optimization settings (OPPU: 2 epochs, lr 1e-4, wd 0.01, warmup 10%)."""
         lc, tc = self.config.lora, self.config.train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -178,6 +179,23 @@ class PPlugMethod:
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
                 "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
                 "dev_metric": metric, "history": result.history, "train_seconds": round(result.seconds, 2)}
+
+    def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
+        """Onboarding a new user = one frozen-encoder pass over her history (no cache); her state = those
+        embeddings. Returns (mean seconds per user, mean bytes per user) over up to ``users`` users."""
+        by_user: dict[str, list[HistoryItem]] = {}
+        for q in questions:
+            if len(q.profile) >= len(by_user.get(q.user_key, [])):
+                by_user[q.user_key] = self._items(q.profile)
+        secs, sizes = [], []
+        for items in list(by_user.values())[:users]:
+            texts = [self.task.render_item(it) for it in items]
+            t0 = time.perf_counter()
+            if texts:
+                self.history_encoder.encoder.encode(texts)
+            secs.append(time.perf_counter() - t0)
+            sizes.append(len(texts) * self.history_encoder.dim * 4)
+        return sum(secs) / max(1, len(secs)), int(sum(sizes) / max(1, len(sizes)))
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)

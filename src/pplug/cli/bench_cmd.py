@@ -1,0 +1,39 @@
+"""``pplug bench``: every method side by side on one data folder (quality + cost table, JSON, chart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Opt = typer.Option
+DEFAULT_METHODS = "zero-shot,rag-bm25,rag-dense,task-lora,oppu,pplug,pplug-rag,pplug:no_persona,pplug:swap_history"
+
+
+def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits.")],
+          out: Annotated[Path, Opt(help="Output folder: results.json, results.md, results.png, runs/.")],
+          methods: Annotated[str, Opt(help="Comma-separated method specs: name[:variant][@section.field=value]. "
+                                           "Variants: no_instruction, mean_pool, top_k, no_persona, "
+                                           "swap_history.")] = DEFAULT_METHODS,
+          limit: Annotated[int | None, Opt(help="Evaluate on the first N test questions.")] = None,
+          train_limit: Annotated[int | None, Opt(help="Train on the first N train questions.")] = None,
+          dev_limit: Annotated[int | None, Opt(help="Select on the first N dev questions.")] = None,
+          users: Annotated[int | None, Opt(help="OPPU: personalize only the first N test users.")] = None,
+          latency_questions: Annotated[int, Opt(help="Questions timed one by one for latency.")] = 16,
+          set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None
+          ) -> None:
+    """Train what needs training (train split), select on dev, evaluate on test; one row per method plus
+    non-LLM heuristic rows. A failing method is reported as failed and the others still run. Runs are
+    resumed from their last epoch checkpoint when the same --out is used again."""
+    from pplug.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(data=str(data), methods=[m.strip() for m in methods.split(",") if m.strip()], out=str(out),
+                      limit=limit, train_limit=train_limit, dev_limit=dev_limit, users=users,
+                      latency_questions=latency_questions, overrides=list(set_ or []))
+    run_bench(cfg)
+    typer.echo((out / "results.md").read_text())
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)

@@ -1,0 +1,40 @@
+"""`pplug bench` on tiny models: one row per method (each in its own process), a failing method is
+reported as failed while the others finish, heuristic rows, and the three result files."""
+
+from __future__ import annotations
+
+import json
+
+from pplug.cli import main
+from pplug.synth import SynthConfig, synthesize
+
+
+def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PPLUG_CACHE", str(tmp_path / "cache"))
+    data = synthesize(tmp_path / "data", SynthConfig(n_train_users=3, n_dev_users=2, n_test_users=2, min_profile=3,
+                                                     max_profile=4))["synth_topic"]
+    sets = [f"backbone.name_or_path={tiny_llama_dir}", f"encoder.name_or_path={tiny_bert_dir}", "train.max_steps=1",
+            "train.augment_copies=0", "train.progress=false", "decode.max_new_tokens=3"]
+    argv = ["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--limit", "3", "--latency-questions", "2",
+            "--methods", "zero-shot,pplug,pplug:swap_history,no-such-method"]
+    for s in sets:
+        argv += ["--set", s]
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out = tmp_path / "bench"
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["no-such-method"]["status"] == "failed" and "unknown method" in rows["no-such-method"]["error"]
+    for name in ("zero-shot", "pplug", "pplug:swap_history"):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert rows[name]["test_questions"] == 3 and set(rows[name]["metrics"]) == {"accuracy", "f1"}
+        assert rows[name]["cost"]["latency_mean"] > 0
+    assert rows["pplug"]["cost"]["state_bytes"] > 0 and rows["pplug"]["cost"]["onboard_seconds"] > 0
+    assert rows["zero-shot"]["cost"]["state_bytes"] == 0
+    assert rows["pplug:swap_history"]["cost"]["train_seconds"] == 0.0  # reuses the trained pplug run
+    assert {"heuristic:global-majority", "heuristic:user-majority"} <= set(rows)
+    table = (out / "results.md").read_text()
+    assert "| pplug |" in table and "FAILED" in table
+    assert (out / "results.png").stat().st_size > 1000
