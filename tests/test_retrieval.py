@@ -1,0 +1,79 @@
+"""Retrievers see only the given user's profile, never items from the future of the query, and rank sensibly;
+RAG prompts carry only the asking user's items."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pplug.data.records import HistoryItem, Question
+from pplug.methods.baselines import RagPrompter, truncate_tokens
+from pplug.retrieval import BM25Retriever, DenseRetriever, RecencyRetriever, build_retriever, visible
+from pplug.tasks import get_task
+
+TASK = get_task("synth_title")
+
+
+def item(i: int, text: str, date: str | None) -> HistoryItem:
+    return HistoryItem(f"i{i}", {"text": text, "title": f"title {i}"}, date)
+
+
+PROFILE = [item(0, "the cat sat on the mat", "2020-01-01"), item(1, "dogs run in the park", "2020-02-01"),
+           item(2, "a cat and a dog play", "2020-03-01"), item(3, "stock markets fell sharply", "2020-04-01")]
+
+
+class FakeEncoder:
+    """Bag-of-words vectors over a fixed vocabulary (L2-normalized), like a cached encoder."""
+
+    dim = 8
+    vocab = ["cat", "mat", "dog", "dogs", "park", "stock", "markets", "play"]
+
+    def encode(self, texts):
+        vecs = np.array([[float(w in t.split()) for w in self.vocab] for t in texts]) + 1e-3
+        return torch.tensor(vecs / np.linalg.norm(vecs, axis=1, keepdims=True), dtype=torch.float32)
+
+
+def test_bm25_ranks_by_relevance():
+    got = BM25Retriever(TASK).retrieve("cat on a mat", PROFILE, k=2)
+    assert [it.id for it in got] == ["i0", "i2"]
+
+
+def test_dense_ranks_by_cosine():
+    got = DenseRetriever(TASK, FakeEncoder()).retrieve("stock markets", PROFILE, k=1)
+    assert [it.id for it in got] == ["i3"]
+
+
+def test_recency_takes_the_latest_by_date():
+    shuffled = [PROFILE[2], PROFILE[0], PROFILE[3], PROFILE[1]]
+    assert [it.id for it in RecencyRetriever().retrieve("", shuffled, k=2)] == ["i3", "i2"]
+
+
+@pytest.mark.parametrize("name", ["bm25", "dense", "recency"])
+def test_never_retrieves_from_the_future(name):
+    r = build_retriever(name, TASK, FakeEncoder())
+    got = r.retrieve("stock markets fell cat", PROFILE, k=4, before="2020-03-01")
+    assert {it.id for it in got} == {"i0", "i1"}  # strictly older than the query's date
+    assert visible(PROFILE, "2020-01-01") == []
+
+
+def test_unknown_retriever_is_refused():
+    with pytest.raises(Exception, match="unknown retriever"):
+        build_retriever("magic", TASK)
+
+
+def test_rag_prompt_holds_only_the_users_own_items(tiny_tokenizer):
+    alice = Question("qa", "Generate a title for the following article: cat news", PROFILE[:2], "alice")
+    bob = Question("qb", "Generate a title for the following article: cat news",
+                   [item(9, "bob secret cat story", "2020-01-05")], "bob")
+    prompter = RagPrompter(TASK, BM25Retriever(TASK), k=4, item_tokens=400, tokenizer=tiny_tokenizer)
+    text_a, text_b = prompter.text(alice), prompter.text(bob)
+    assert "title 0" in text_a and "title 1" in text_a and "bob secret" not in text_a
+    assert "bob secret" in text_b and "title 0" not in text_b
+    assert text_a.endswith(alice.input)
+
+
+def test_each_item_is_truncated_to_its_token_share(tiny_tokenizer):
+    long = "cat " * 200
+    assert len(tiny_tokenizer(truncate_tokens(tiny_tokenizer, long, 10), add_special_tokens=False).input_ids) <= 10
+    assert truncate_tokens(tiny_tokenizer, "short", 10) == "short"
