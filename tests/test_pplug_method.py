@@ -126,3 +126,22 @@ def test_user_without_history_masks_the_persona(synth, tiny_llama_dir, tiny_bert
     assert out.soft_mask.tolist() == [[True, False]]
     with torch.no_grad():
         assert method.predict([q])[0].explanation == []
+
+
+def test_pplug_rag_puts_the_users_top_item_before_the_soft_tokens(synth, tiny_backbone_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    cfg.task, cfg.method = "synth_title", "pplug-rag"
+    method = PPlugMethod(cfg, Resources(None))
+    qs = load_split(cfg.data, "test").questions[:3]
+    prefixes = method._prefixes(qs, [q.profile for q in qs])
+    for q, pre in zip(qs, prefixes, strict=True):
+        own = {method.task.render_example(it) for it in q.profile}
+        assert pre in own  # one of her own items, never another user's
+        top = method.retriever.retrieve(method.task.query(q.input), q.profile, k=1)[0]
+        assert pre == method.task.render_example(top)
+    plain = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    plain.task = "synth_title"
+    _, with_rag = method._forward(qs, [q.profile for q in qs])
+    _, without = PPlugMethod(plain, Resources(None))._forward(qs, [q.profile for q in qs])
+    assert with_rag.attention_mask.sum() > without.attention_mask.sum()
+    assert len(method.predict(qs)) == 3

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
-import sqlite3
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ A, B = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"
 LIMITS = dict(max_items_per_request=5, max_item_chars=300, max_history_items=8, max_input_chars=200,
               max_new_tokens_limit=16, max_body_bytes=20_000)
 ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("PPLUG_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://postgres@127.0.0.1/pplug_test (WIPED)
 
 
 def build_runs(root: Path, llama: Path, bert: Path, resources, tasks=("synth_topic", "synth_title")) -> dict:
@@ -53,21 +55,36 @@ def runs(tmp_path_factory, tiny_llama_dir, tiny_bert_dir, resources) -> dict[str
     return build_runs(tmp_path_factory.mktemp("server-runs"), tiny_llama_dir, tiny_bert_dir, resources)
 
 
-def make_app(db: Path, runs: list[Path], resources, **overrides):
-    cfg = ServerConfig(runs=[str(r) for r in runs], db_url=f"sqlite:///{db}", tenants={"a": KEY_A, "b": KEY_B},
+def make_app(db: Path | str, runs: list[Path], resources, **overrides):
+    url = f"sqlite:///{db}" if isinstance(db, Path) else db
+    cfg = ServerConfig(runs=[str(r) for r in runs], db_url=url, tenants={"a": KEY_A, "b": KEY_B},
                        **(LIMITS | {"batch_window_ms": 1.0} | overrides))
     return create_app(cfg, resources)
 
 
-@pytest.fixture(scope="module")
-def db_path(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("server-db") / "server.sqlite"
+def wipe(url: str) -> None:
+    from pplug.server.tables import Base, make_engine
+
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def client(db_path, runs, resources):
-    with TestClient(make_app(db_path, list(runs.values()), resources)) as c:
+@pytest.fixture(scope="module", params=["sqlite", *(["postgresql"] if PG_URL else [])])
+def client(request, tmp_path_factory, runs, resources):
+    """One app for the endpoint tests (each test uses its own user ids); on PostgreSQL too when configured."""
+    db = tmp_path_factory.mktemp("server-db") / "server.sqlite" if request.param == "sqlite" else PG_URL
+    if request.param != "sqlite":
+        wipe(db)
+    with TestClient(make_app(db, list(runs.values()), resources)) as c:
         yield c
+
+
+def sql(c: TestClient, query: str) -> list[tuple]:
+    from sqlalchemy import text
+
+    with c.app.state.pplug.store.engine.connect() as con:
+        return [tuple(r) for r in con.execute(text(query))]
 
 
 def topic(i: int, category: str = "sports") -> dict:
@@ -107,12 +124,14 @@ def test_no_or_bad_key_is_401(client, method, path):
     assert r.status_code == 401 and err(r)["message"] == "invalid API key"
 
 
-def test_keys_are_stored_hashed(client, db_path):
-    with sqlite3.connect(db_path) as con:
-        hashes = {h for (h,) in con.execute("SELECT key_hash FROM api_keys")}
+def test_keys_are_stored_hashed(client):
+    hashes = {h for (h,) in sql(client, "SELECT key_hash FROM api_keys")}
     assert hashlib.sha256(KEY_A.encode()).hexdigest() in hashes and KEY_A not in hashes
-    raw = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
-    assert KEY_A.encode() not in raw and KEY_B.encode() not in raw
+    url = client.app.state.pplug.config.db_url
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))  # the file, its WAL and shm
+        assert KEY_A.encode() not in raw and KEY_B.encode() not in raw
 
 
 # ---- items ----------------------------------------------------------------------------------------
@@ -140,16 +159,15 @@ def test_readding_an_id_replaces_the_item(client):
     assert [it["id"] for it in items] == ["i1", "i0"] and items[1]["fields"]["category"] == "music"
 
 
-def test_delete_user_removes_everything(client, db_path):
+def test_delete_user_removes_everything(client):
     add(client, "cat", [topic(0), topic(1)])
     assert client.delete("/v1/users/cat", headers=A).json() == {"user_id": "cat", "deleted_items": 2}
     r = client.get("/v1/users/cat/items", headers=A)
     assert r.status_code == 404 and err(r)["message"] == "unknown user 'cat'"
-    with sqlite3.connect(db_path) as con:
-        assert con.execute("SELECT COUNT(*) FROM users WHERE external_id = 'cat'").fetchone()[0] == 0
-        orphans = con.execute("SELECT COUNT(*) FROM item_embeddings WHERE item_pk NOT IN "
-                              "(SELECT id FROM history_items)").fetchone()[0]
-        assert orphans == 0
+    assert sql(client, "SELECT COUNT(*) FROM users WHERE external_id = 'cat'") == [(0,)]
+    assert sql(client, "SELECT COUNT(*) FROM item_embeddings WHERE item_pk NOT IN (SELECT id FROM history_items)") \
+        == [(0,)]
+    assert sql(client, "SELECT COUNT(*) FROM history_items WHERE user_id NOT IN (SELECT id FROM users)") == [(0,)]
 
 
 def test_tenants_are_isolated(client):
@@ -408,7 +426,7 @@ def test_serve_command_creates_tenants_and_registers(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
     r = CliRunner().invoke(app, ["serve", "--db", url, "--create-tenant", "acme"])
     assert r.exit_code == 0, r.output
-    key = __import__("json").loads(r.output)["api_key"]
+    key = json.loads(r.output)["api_key"]
     store = Store(url)
     assert key.startswith("pplug-") and store.tenant_for(hash_key(key)) is not None
     store.close()

@@ -10,80 +10,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    UniqueConstraint,
-    create_engine,
-    delete,
-    event,
-    func,
-    select,
-)
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from pplug.data.records import HistoryItem
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Tenant(Base):
-    __tablename__ = "tenants"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key itself is never stored
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class User(Base):
-    __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    external_id: Mapped[str] = mapped_column(String(256))  # the id the tenant uses
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Item(Base):
-    __tablename__ = "history_items"
-    __table_args__ = (UniqueConstraint("user_id", "item_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # insertion order = history order
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    item_id: Mapped[str] = mapped_column(String(256))
-    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
-    date: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class ItemEmbedding(Base):
-    __tablename__ = "item_embeddings"
-    item_pk: Mapped[int] = mapped_column(ForeignKey("history_items.id", ondelete="CASCADE"), primary_key=True)
-    space: Mapped[str] = mapped_column(String(128), primary_key=True)  # task + encoder id (see runtime.py)
-    dim: Mapped[int] = mapped_column(Integer)
-    vec: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [dim]
+from pplug.server.tables import ApiKey, Base, Item, ItemEmbedding, Tenant, User, make_engine
 
 
 class NotFound(LookupError):
@@ -107,28 +41,6 @@ class NewItem:
     fields: dict[str, Any]
     date: str | None
     vectors: dict[str, np.ndarray]
-
-
-def make_engine(url: str, synchronous: str = "FULL") -> Engine:
-    """An engine; for SQLite: the folder is created and every connection gets WAL, ``synchronous``,
-    foreign keys and a busy timeout."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if u.database and u.database != ":memory:":
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    return engine
 
 
 class Store:
