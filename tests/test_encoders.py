@@ -171,3 +171,17 @@ def test_bundled_minilm():
         ref = SentenceTransformer(str(enc.model.name_or_path), device="cpu").encode(
             ["a cat sits on the mat"], convert_to_tensor=True)
     torch.testing.assert_close(cat[None], ref.float().cpu(), atol=1e-5, rtol=0)
+
+
+def test_memory_of_a_disk_backed_cache_is_bounded(tmp_path):
+    import numpy as np
+
+    from pplug.embedding_cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "c.sqlite", "enc", max_memory_items=3)
+    texts = [f"t{i}" for i in range(10)]
+    cache.put_many(texts, np.eye(10, dtype=np.float32))
+    assert len(cache._mem) == 3 and len(cache) == 10  # all on disk, 3 in memory
+    got = cache.get_many(texts)
+    assert all(v is not None for v in got) and float(got[0][0]) == 1.0
+    assert len(cache._mem) == 3

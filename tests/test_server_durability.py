@@ -1,5 +1,9 @@
-"""Durability of `pplug serve`: SIGKILL the server process during a stream of history writes, restart it on
-the same SQLite file, and check that every acknowledged item is there (and every write is all-or-nothing)."""
+"""Durability of `pplug serve`: SIGKILL the server process during a stream of history writes, restart the server
+on the same SQLite file, and check that every acknowledged item is there (and every write is all-or-nothing).
+
+The killed server is a real `pplug serve` process; the restarted one is built in this process by the same app
+factory (a cold open of the database file the killed process left, without paying a second interpreter start).
+"""
 
 from __future__ import annotations
 
@@ -79,7 +83,11 @@ class Writer(threading.Thread):
 
 
 def test_acknowledged_writes_survive_sigkill(tmp_path, topic_run):
+    from fastapi.testclient import TestClient
+
     from pplug.cli.serve_cmd import create_tenant_key
+    from pplug.resources import Resources
+    from pplug.server import ServerConfig, create_app
 
     db_url = f"sqlite:///{tmp_path / 'durable.sqlite'}"
     key = create_tenant_key(db_url, "acme")
@@ -87,7 +95,6 @@ def test_acknowledged_writes_survive_sigkill(tmp_path, topic_run):
     sent: list[list[str]] = []
     enough, stop, t0 = threading.Event(), threading.Event(), [0.0]
     proc, url = start_server(topic_run, db_url)
-    restarted = None
     try:
         writers = [Writer(url, key, f"user{w}", acked, sent, enough, stop, t0) for w in range(WRITERS)]
         for w in writers:
@@ -99,20 +106,19 @@ def test_acknowledged_writes_survive_sigkill(tmp_path, topic_run):
         for w in writers:
             w.join(timeout=30)
             assert not w.is_alive()
-        restarted, url = start_server(topic_run, db_url)
-        stored: set[str] = set()
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
-            for w in range(WRITERS):
-                r = c.get(f"/v1/users/user{w}/items", params={"limit": 1000})
-                assert r.status_code == 200, r.text
-                stored |= {it["id"] for it in r.json()["items"]}
-            assert c.post("/v1/generate", json={"user_id": "user0", "task": "synth_topic",
-                                                "input": "note: hi"}).status_code == 200
     finally:
-        for p in (proc, restarted):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    stored: set[str] = set()
+    app = create_app(ServerConfig(runs=[str(topic_run)], db_url=db_url), Resources(embedding_cache=None))
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as c:
+        for w in range(WRITERS):
+            r = c.get(f"/v1/users/user{w}/items", params={"limit": 1000})
+            assert r.status_code == 200, r.text
+            stored |= {it["id"] for it in r.json()["items"]}
+        assert c.post("/v1/generate", json={"user_id": "user0", "task": "synth_topic",
+                                            "input": "note: hi"}).status_code == 200
     acked_ids = {i for ids in acked for i in ids}
     assert len(acked) >= 2 and acked_ids <= stored, f"lost acknowledged items: {sorted(acked_ids - stored)[:5]}"
     for ids in sent:  # a write is all or nothing

@@ -34,6 +34,8 @@ class BenchConfig:
     latency_questions: int = 16  # single-question requests timed for mean/p95 latency
     overrides: list[str] = field(default_factory=list)  # --set section.field=value for every method
     timeout: int = 3 * 3600  # seconds per method before it is reported as failed
+    threads: int | None = None  # torch threads per method process (1 = stable timings beside other jobs)
+    fresh: bool = False  # rerun methods that already have a result in OUT (default: reuse them)
 
 
 def spec_dir(spec: str) -> str:
@@ -50,6 +52,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     for i, spec in enumerate(cfg.methods, 1):
         print(f"[bench {i}/{len(cfg.methods)}] {spec}", flush=True)
         run_dir = out / "runs" / spec_dir(spec)
+        result_file = run_dir / "bench_result.json"
+        if result_file.is_file() and not cfg.fresh:
+            print(f"[bench] {spec}: reusing {result_file} (--fresh to rerun)", flush=True)
+            rows.append(json.loads(result_file.read_text()))
+            continue
         cmd = [sys.executable, "-m", "pplug.bench_worker", "--spec", spec, "--data", cfg.data, "--run", str(run_dir),
                "--bench-config", json.dumps(asdict(cfg))]
         t0 = time.perf_counter()
@@ -58,7 +65,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             err = proc.stderr[-2000:] if proc.returncode else ""
         except subprocess.TimeoutExpired:
             proc, err = None, f"timed out after {cfg.timeout} s"
-        result_file = run_dir / "bench_result.json"
         if proc is not None and proc.returncode == 0 and result_file.is_file():
             row = json.loads(result_file.read_text())
         else:

@@ -31,6 +31,10 @@ def latency_probe(method, questions) -> dict[str, float]:
 
 
 def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str, Any]:
+    if bench.get("threads"):
+        import torch
+
+        torch.set_num_threads(bench["threads"])
     cfg = config_from_spec(spec, data, bench.get("overrides"))
     cfg.train.limit = bench.get("train_limit") or cfg.train.limit
     cfg.train.dev_limit = bench.get("dev_limit") or cfg.train.dev_limit

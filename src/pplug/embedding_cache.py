@@ -10,6 +10,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,13 @@ class EmbeddingCache:
         encoder_name: the encoder's ``name``; entries of other encoders in the same file are invisible.
     """
 
-    def __init__(self, path: str | Path | None, encoder_name: str):
+    def __init__(self, path: str | Path | None, encoder_name: str, max_memory_items: int = 100_000):
         self.path = Path(path).expanduser() if path is not None else None
         self.encoder_name = encoder_name
-        self._mem: dict[str, np.ndarray] = {}
+        # LRU bound on the in-process dict when SQLite backs it (evicted entries are re-read from disk),
+        # so a long-running server does not grow without bound; memory-only caches are never evicted.
+        self.max_memory_items = max_memory_items
+        self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         if self.path is not None:
@@ -66,7 +70,10 @@ class EmbeddingCache:
     def get_many(self, texts: list[str]) -> list[np.ndarray | None]:
         """Cached vectors for ``texts`` (read-only float32 arrays of shape [d]), ``None`` where missing."""
         keys = [text_key(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._mem))
+        found = {k: self._mem[k] for k in keys if k in self._mem}
+        for k in found:
+            self._mem.move_to_end(k)
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing and self._db is not None:
             with self._lock:
                 for s in range(0, len(missing), _CHUNK):
@@ -77,8 +84,14 @@ class EmbeddingCache:
                     for key, dim, blob in rows:
                         vec = np.frombuffer(blob, dtype=np.float32)  # read-only view of the blob
                         if vec.shape == (dim,):
-                            self._mem[key] = vec
-        return [self._mem.get(k) for k in keys]
+                            found[key] = self._mem[key] = vec
+            self._evict()
+        return [found.get(k) for k in keys]
+
+    def _evict(self) -> None:
+        if self._db is not None:
+            while len(self._mem) > self.max_memory_items:
+                self._mem.popitem(last=False)
 
     def put_many(self, texts: list[str], vecs: np.ndarray) -> None:
         """Store one vector per text.
@@ -92,6 +105,7 @@ class EmbeddingCache:
             raise ValueError(f"put_many: expected [{len(texts)}, d] vectors, got shape {vecs.shape}")
         entries = {text_key(t): _frozen(v) for t, v in zip(texts, vecs, strict=True)}
         self._mem.update(entries)
+        self._evict()
         if self._db is not None and entries:
             rows = [(self.encoder_name, k, v.shape[0], v.tobytes()) for k, v in entries.items()]
             with self._lock:

@@ -21,7 +21,9 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           dev_limit: Annotated[int | None, Opt(help="Select on the first N dev questions.")] = None,
           users: Annotated[int | None, Opt(help="OPPU: personalize only the first N test users.")] = None,
           latency_questions: Annotated[int, Opt(help="Questions timed one by one for latency.")] = 16,
-          set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None
+          set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None,
+          threads: Annotated[int | None, Opt(help="torch threads per method process.")] = None,
+          fresh: Annotated[bool, Opt("--fresh", help="Rerun methods that already have a result.")] = False,
           ) -> None:
     """Train what needs training (train split), select on dev, evaluate on test; one row per method plus
     non-LLM heuristic rows. A failing method is reported as failed and the others still run. Runs are
@@ -30,7 +32,7 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
 
     cfg = BenchConfig(data=str(data), methods=[m.strip() for m in methods.split(",") if m.strip()], out=str(out),
                       limit=limit, train_limit=train_limit, dev_limit=dev_limit, users=users,
-                      latency_questions=latency_questions, overrides=list(set_ or []))
+                      latency_questions=latency_questions, overrides=list(set_ or []), threads=threads, fresh=fresh)
     run_bench(cfg)
     typer.echo((out / "results.md").read_text())
 

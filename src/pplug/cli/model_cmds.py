@@ -120,3 +120,6 @@ def register(app: typer.Typer) -> None:
 
     app.command()(demo)
     bench_cmd.register(app)
+    from pplug.cli.serve_cmd import register as register_serve
+
+    register_serve(app)

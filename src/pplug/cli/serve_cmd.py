@@ -83,7 +83,10 @@ def serve(
     sock = bind(host, port)  # bound before loading, so a client may connect at once and waits
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    typer.echo(json.dumps({"url": f"http://{shown}:{actual}", "db": config.resolved_db_url()}))
+    from sqlalchemy.engine import make_url
+
+    db_shown = make_url(config.resolved_db_url()).render_as_string(hide_password=True)
+    typer.echo(json.dumps({"url": f"http://{shown}:{actual}", "db": db_shown}))
     sys.stdout.flush()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pplug.server.app import create_app

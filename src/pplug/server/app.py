@@ -109,8 +109,9 @@ def _add_service_routes(app: FastAPI) -> None:
         """Liveness and database reachability (no key needed)."""
         try:
             await run_in_threadpool(st.store.ping)
-        except Exception as e:  # report, don't die
-            return JSONResponse({"status": "unavailable", "db": f"{type(e).__name__}: {e}"}, status_code=503)
+        except Exception as e:  # report (the type only: this route needs no key), don't die
+            log.warning("health check: database unreachable: %s", e)
+            return JSONResponse({"status": "unavailable", "db": type(e).__name__}, status_code=503)
         return JSONResponse({"status": "ok", "db": "ok", "tasks": sorted(m.task.name for m in st.models.values()),
                              "batching": {"window_ms": st.config.batch_window_ms,
                                           "max_batch_size": st.config.max_batch_size}})
