@@ -58,7 +58,7 @@ def news_folder(folder: Path) -> Path:
                "profile": [{"id": "h", "title": "Old", "text": "old", "category": "politics"}]}
               for i in range(len(cats))]
         dump(folder / f"{s}_questions.json", qs)
-        dump(folder / f"{s}_outputs.json", outputs("LaMP_2N", {q["id"]: c for q, c in zip(qs, cats)}))
+        dump(folder / f"{s}_outputs.json", outputs("LaMP_2N", {q["id"]: c for q, c in zip(qs, cats, strict=True)}))
     return folder
 
 
