@@ -182,7 +182,10 @@ class PPlugMethod:
 
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
         """Onboarding a new user = one frozen-encoder pass over her history (no cache); her state = those
-        embeddings. Returns (mean seconds per user, mean bytes per user) over up to ``users`` users."""
+        embeddings. Returns (mean seconds per user, mean bytes per user) over up to ``users`` users.
+        The ``no_persona`` ablation uses no history: (0, 0)."""
+        if not self.config.plug.use_persona:
+            return 0.0, 0
         by_user: dict[str, list[HistoryItem]] = {}
         for q in questions:
             if len(q.profile) >= len(by_user.get(q.user_key, [])):
