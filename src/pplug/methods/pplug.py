@@ -249,11 +249,9 @@ class PPlugMethod:
                  "text": self.task.render_item(profile[j])[:160]} for j in order]
 
 
-@register_method("pplug")
 def _build_pplug(config: RunConfig, resources: Resources | None = None) -> PPlugMethod:
-    return PPlugMethod(config, resources)
+    return PPlugMethod(config, resources)  # config.method selects plain PPlug or PPlug + RAG
 
 
-@register_method("pplug-rag")
-def _build_pplug_rag(config: RunConfig, resources: Resources | None = None) -> PPlugMethod:
-    return PPlugMethod(config, resources)
+register_method("pplug")(_build_pplug)
+register_method("pplug-rag")(_build_pplug)
