@@ -210,6 +210,14 @@ def test_oppu_one_adapter_per_user_from_her_own_items(tiny_backbone_dir, topic_d
     flags = {q.user_key: p.explanation[0]["personalized"] for q, p in zip(test.questions, out, strict=True)}
     assert flags == {first: True, second: False}
 
+    # the budget holds across calls: one question at a time (a latency probe) trains nobody new
+    for q in test.questions:
+        one.predict([q])
+        assert one.last_report["trained"] == []
+        expected = "personalized" if q.user_key == first else "not_personalized"
+        assert one.last_report[expected] == [q.user_key]
+    assert len(list((run1 / "users").iterdir())) == 1
+
 
 def test_oppu_rag_end_to_end(tiny_llama_dir, topic_dir, tmp_path):
     config = make_config(tiny_llama_dir, "oppu-rag")

@@ -267,11 +267,11 @@ class LoraMethod:
         limit = self.config.lora.users
         preds: list[Prediction | None] = [None] * len(questions)
         self.last_report = {"personalized": [], "trained": [], "reused": [], "not_personalized": []}
-        for n, (user, idx) in enumerate(groups.items()):
+        for user, idx in groups.items():
             qs = [questions[i] for i in idx]
             adapter, info = None, {"user": user, "adapter": "task", "personalized": False,
-                                   "reason": f"beyond the first lora.users={limit} users"}
-            if limit is None or n < limit:
+                                   "reason": f"beyond the first lora.users={limit} users of this run"}
+            if self._may_personalize(user):
                 adapter, info = self._user_adapter(user, qs)
             try:
                 out = self._generate(qs)
@@ -286,6 +286,18 @@ class LoraMethod:
         return preds  # type: ignore[return-value]
 
     # ---- per-user stage ---------------------------------------------------------------------------
+    def _may_personalize(self, user: str) -> bool:
+        """``lora.users=N`` is a budget per run folder: a user with a saved adapter always gets it; a new
+        user gets one only while fewer than N users have adapters (so later single-question calls, e.g. a
+        latency probe, reuse the first N users' adapters instead of training more)."""
+        limit = self.config.lora.users
+        if limit is None:
+            return True
+        assert self.run_dir is not None
+        users_dir = self.run_dir / USERS_DIR
+        if (users_dir / user_dir_name(user) / META_FILE).is_file():
+            return True
+        return len(list(users_dir.glob(f"*/{META_FILE}"))) < limit
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path) -> tuple[float, int]:
         """task-lora: nothing per user. OPPU: mean seconds to train one user's adapter and mean adapter file size."""
         if not self.per_user:
