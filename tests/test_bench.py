@@ -38,3 +38,28 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
     table = (out / "results.md").read_text()
     assert "| pplug |" in table and "FAILED" in table
     assert (out / "results.png").stat().st_size > 1000
+
+
+def test_bench_dev_split_and_oppu_reuses_the_task_stage(tmp_path, tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("PPLUG_CACHE", str(tmp_path / "cache"))
+    data = synthesize(tmp_path / "data", SynthConfig(n_train_users=2, n_dev_users=2, n_test_users=1, min_profile=3,
+                                                     max_profile=4))["synth_topic"]
+    argv = ["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--split", "dev", "--limit", "2",
+            "--latency-questions", "1", "--users", "1", "--methods", "task-lora,oppu"]
+    for s in (f"backbone.name_or_path={tiny_llama_dir}", "train.max_steps=2", "train.progress=false",
+              "decode.max_new_tokens=3"):
+        argv += ["--set", s]
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out = tmp_path / "bench"
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["task-lora"]["status"] == "ok" and rows["oppu"]["status"] == "ok", rows
+    assert rows["oppu"]["test_questions"] == 2  # the first 2 dev questions
+    assert rows["oppu"]["train"]["task_stage_from"].endswith("task-lora")  # not trained twice
+    assert rows["oppu"]["cost"]["train_seconds"] == rows["task-lora"]["cost"]["train_seconds"]
+    saved = json.loads((out / "runs" / "oppu" / "config.json").read_text())
+    assert saved["train"]["select_on_dev"] is False  # never select on the split being reported
+    assert len(list((out / "runs" / "oppu" / "users").iterdir())) == 1  # --users 1, also after the latency probe
+    assert "dev split" in (out / "results.md").read_text() and "| n dev |" in (out / "results.md").read_text()

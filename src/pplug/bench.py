@@ -27,7 +27,8 @@ class BenchConfig:
     data: str  # the task folder (train/dev/test)
     methods: list[str]  # method specs: name[:variant][@section.field=value,...]
     out: str  # output folder
-    limit: int | None = None  # evaluate on the first N test questions
+    limit: int | None = None  # evaluate on the first N questions of `split`
+    split: str = "test"  # evaluation split; "dev" is for tuning sweeps (then epoch selection is off: last epoch)
     train_limit: int | None = None  # train on the first N train questions
     dev_limit: int | None = None  # select on the first N dev questions
     users: int | None = None  # OPPU: personalize only the first N test users
@@ -48,6 +49,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(resolve_task(cfg.data))
+    if cfg.split not in ("test", "dev"):
+        raise ValueError(f"bench split must be 'test' or 'dev', got {cfg.split!r}")
+    if cfg.split == "dev" and "train.select_on_dev=false" not in cfg.overrides:
+        cfg.overrides = [*cfg.overrides, "train.select_on_dev=false"]  # never select on the split we report
+        print("[bench] --split dev: epoch selection on dev is off (each method keeps its last epoch)", flush=True)
     heuristics = heuristic_rows(cfg, task)  # once: for generation it loads the encoder and encodes the test set
     rows: list[dict[str, Any]] = []
     for i, spec in enumerate(cfg.methods, 1):
@@ -79,9 +85,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def heuristic_rows(cfg: BenchConfig, task) -> list[dict[str, Any]]:
-    """Non-LLM reference rows on the same test questions (generation: nearest item by encoder cosine)."""
+    """Non-LLM reference rows on the same evaluation questions (generation: nearest item by encoder cosine)."""
     train = load_split(cfg.data, "train", task.name)
-    test = load_split(cfg.data, "test", task.name).limit(cfg.limit)
+    test = load_split(cfg.data, cfg.split, task.name).limit(cfg.limit)
     encode = None
     if task.kind == "generation":
         from pplug.encoders import load_encoder
@@ -118,7 +124,7 @@ def _write(out: Path, task, cfg: BenchConfig, rows: list[dict[str, Any]]) -> dic
     (out / "results.json").write_text(json.dumps(result, indent=1))
     metrics = {"classification": ["accuracy", "f1"], "rating": ["mae", "rmse"],
                "generation": ["rouge-1", "rouge-L"]}[task.kind]
-    head = ["method", *metrics, "n test", "train s", "onboard s/user", "state/user", "latency mean s",
+    head = ["method", *metrics, f"n {cfg.split}", "train s", "onboard s/user", "state/user", "latency mean s",
             "latency p95 s", "prompt tokens", "peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -131,12 +137,12 @@ def _write(out: Path, task, cfg: BenchConfig, rows: list[dict[str, Any]]) -> dic
                  _human_bytes(c.get("state_bytes")), _fmt(c.get("latency_mean"), 2), _fmt(c.get("latency_p95"), 2),
                  _fmt(c.get("mean_prompt_tokens"), 0), _fmt(c.get("peak_rss_mb"), 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    (out / "results.md").write_text(f"Task `{task.name}` ({cfg.data}), test split\n\n" + "\n".join(lines) + "\n")
-    _plot(out, task, rows)
+    (out / "results.md").write_text(f"Task `{task.name}` ({cfg.data}), {cfg.split} split\n\n" + "\n".join(lines) + "\n")
+    _plot(out, task, rows, cfg.split)
     return result
 
 
-def _plot(out: Path, task, rows: list[dict[str, Any]]) -> None:
+def _plot(out: Path, task, rows: list[dict[str, Any]], split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,7 +159,7 @@ def _plot(out: Path, task, rows: list[dict[str, Any]]) -> None:
               for n in names]
     ax1.barh(names, vals, color=colors)
     ax1.set_xlabel(f"{metric} ({'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better)")
-    ax1.set_title(f"{task.name}: {metric} on test")
+    ax1.set_title(f"{task.name}: {metric} on {split}")
     ax1.invert_yaxis()
     for r in ok:
         lat = r.get("cost", {}).get("latency_mean")

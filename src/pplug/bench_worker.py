@@ -1,5 +1,9 @@
 """One method of a benchmark, in its own process: train (select on dev), evaluate on test, measure cost.
 
+OPPU's first stage is exactly ``task-lora`` (same data, LoRA and training settings): when the same bench
+already trained ``task-lora`` with an identical configuration, its task adapter and checkpoint are copied
+into the OPPU run instead of training them again (the train seconds carried over are the original ones).
+
 Writes ``RUN/bench_result.json``. Called by ``pplug.bench``; not meant to be run by hand.
 """
 
@@ -7,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from pplug.config import config_from_spec
-from pplug.data import load_split
+from pplug.data import load_split, resolve_task
 from pplug.resources import Resources
 from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
 
@@ -28,6 +33,38 @@ def latency_probe(method, questions) -> dict[str, float]:
     times.sort()
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))] if times else None
     return {"latency_mean": statistics.mean(times) if times else None, "latency_p95": p95}
+
+
+SHARED_TASK_STAGE = {"oppu": "task-lora", "oppu-rag": "task-lora-rag"}
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a saved run config that decide the task stage (not the method name or per-user settings)."""
+    keep = {k: v for k, v in config.items() if k != "method"}
+    keep["decode"] = {k: v for k, v in config.get("decode", {}).items() if k != "swap_history"}
+    keep["lora"] = {k: v for k, v in config.get("lora", {}).items() if not k.startswith("user") and k != "users"}
+    return keep
+
+
+def share_task_stage(cfg, run_dir: Path) -> str | None:
+    """Copy a finished, identically configured ``task-lora`` stage into an OPPU run; the source folder or None."""
+    source_name = SHARED_TASK_STAGE.get(cfg.method)
+    if source_name is None or (run_dir / "checkpoint").exists():
+        return None
+    for source in sorted(run_dir.parent.iterdir()):
+        saved = source / "config.json"
+        if source == run_dir or not saved.is_file() or not (source / "task_lora").is_dir():
+            continue
+        theirs = json.loads(saved.read_text())
+        if theirs.get("method") != source_name or not (source / "checkpoint" / "task_lora.pt").is_file():
+            continue
+        if comparable(theirs) == comparable(cfg.to_dict()):
+            shutil.copytree(source / "task_lora", run_dir / "task_lora", dirs_exist_ok=True)
+            (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / "checkpoint" / "task_lora.pt", run_dir / "checkpoint" / "task_lora.pt")
+            print(f"[bench] {cfg.method}: task stage reused from {source}", flush=True)
+            return str(source)
+    return None
 
 
 def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str, Any]:
@@ -48,11 +85,15 @@ def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str,
         report = json.loads((base / "train_report.json").read_text())
         report["train_seconds"] = 0.0
     else:
+        cfg.task = cfg.task or resolve_task(data)
+        shared = share_task_stage(cfg, run_dir)
         report = train_run(cfg, run_dir, resources, resume=True)
-    limit = bench.get("limit")
-    ev = eval_run(run_dir, data, "test", limit, swap_history=swap, resources=resources)
+        if shared:
+            report["task_stage_from"] = shared
+    limit, split = bench.get("limit"), bench.get("split", "test")
+    ev = eval_run(run_dir, data, split, limit, swap_history=swap, resources=resources)
     _, method = load_run(run_dir, resources, swap_history=swap)
-    test = load_split(data, "test", cfg.task or None).limit(limit)
+    test = load_split(data, split, cfg.task or None).limit(limit)
     lat = latency_probe(method, test.questions[: bench.get("latency_questions", 16)])
     onboard_s, state_bytes = None, None
     if hasattr(method, "onboard_cost"):

@@ -16,7 +16,9 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           methods: Annotated[str, Opt(help="Comma-separated method specs: name[:variant][@section.field=value]. "
                                            "Variants: no_instruction, mean_pool, top_k, no_persona, "
                                            "swap_history.")] = DEFAULT_METHODS,
-          limit: Annotated[int | None, Opt(help="Evaluate on the first N test questions.")] = None,
+          limit: Annotated[int | None, Opt(help="Evaluate on the first N questions of --split.")] = None,
+          split: Annotated[str, Opt(help="Evaluation split: test, or dev for tuning sweeps (epoch selection "
+                                         "on dev is then off).")] = "test",
           train_limit: Annotated[int | None, Opt(help="Train on the first N train questions.")] = None,
           dev_limit: Annotated[int | None, Opt(help="Select on the first N dev questions.")] = None,
           users: Annotated[int | None, Opt(help="OPPU: personalize only the first N test users.")] = None,
@@ -31,7 +33,7 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
     from pplug.bench import BenchConfig, run_bench
 
     cfg = BenchConfig(data=str(data), methods=[m.strip() for m in methods.split(",") if m.strip()], out=str(out),
-                      limit=limit, train_limit=train_limit, dev_limit=dev_limit, users=users,
+                      limit=limit, split=split, train_limit=train_limit, dev_limit=dev_limit, users=users,
                       latency_questions=latency_questions, overrides=list(set_ or []), threads=threads, fresh=fresh)
     run_bench(cfg)
     typer.echo((out / "results.md").read_text())
