@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pplug.bench_targets import check_targets, targets_markdown
 from pplug.data import load_split, resolve_task
 from pplug.heuristics import heuristic_predictions
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
@@ -120,7 +121,8 @@ def _human_bytes(n: float | None) -> str:
 
 
 def _write(out: Path, task, cfg: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    result = {"task": task.name, "data": cfg.data, "config": asdict(cfg), "rows": rows}
+    verdicts = check_targets(task.kind, rows)
+    result = {"task": task.name, "data": cfg.data, "config": asdict(cfg), "rows": rows, "targets": verdicts}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     metrics = {"classification": ["accuracy", "f1"], "rating": ["mae", "rmse"],
                "generation": ["rouge-1", "rouge-L"]}[task.kind]
@@ -137,7 +139,9 @@ def _write(out: Path, task, cfg: BenchConfig, rows: list[dict[str, Any]]) -> dic
                  _human_bytes(c.get("state_bytes")), _fmt(c.get("latency_mean"), 2), _fmt(c.get("latency_p95"), 2),
                  _fmt(c.get("mean_prompt_tokens"), 0), _fmt(c.get("peak_rss_mb"), 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    (out / "results.md").write_text(f"Task `{task.name}` ({cfg.data}), {cfg.split} split\n\n" + "\n".join(lines) + "\n")
+    text = f"Task `{task.name}` ({cfg.data}), {cfg.split} split\n\n" + "\n".join(lines) + "\n"
+    text += "\nTargets (computed from the rows above):\n\n" + targets_markdown(verdicts) + "\n"
+    (out / "results.md").write_text(text)
     _plot(out, task, rows, cfg.split)
     return result
 

@@ -1,0 +1,48 @@
+"""Target verdicts are computed from the bench rows: met, not met, or not measured."""
+
+from __future__ import annotations
+
+from pplug.bench_targets import base_name, check_targets, targets_markdown
+
+
+def row(method, value, metric="accuracy", **cost):
+    return {"method": method, "status": "ok", "metrics": {metric: value}, "cost": cost}
+
+
+def by_target(verdicts):
+    return {v["target"]: v for v in verdicts}
+
+
+def test_base_name_drops_overrides():
+    assert base_name("pplug:no_persona@train.epochs=1") == "pplug:no_persona"
+    assert base_name("rag-bm25") == "rag-bm25"
+
+
+def test_classification_targets():
+    rows = [row("pplug", 0.70, onboard_seconds=0.5, state_bytes=40_000, latency_mean=1.0),
+            row("zero-shot", 0.40), row("rag-bm25", 0.70, latency_mean=3.0),
+            row("pplug:no_persona@train.epochs=1", 0.55),
+            row("oppu", 0.60, onboard_seconds=30.0, state_bytes=2_000_000),
+            row("pplug:swap_history", 0.30), row("heuristic:user-majority", 0.72),
+            {"method": "task-lora", "status": "failed", "error": "boom"}]
+    v = by_target(check_targets("classification", rows))
+    assert v["PPlug beats zero-shot (accuracy)"]["met"] is True
+    assert v["PPlug beats rag-bm25 (accuracy)"]["met"] is False  # a tie is not a win
+    assert v["PPlug beats task-lora (accuracy)"]["met"] is None  # failed row: not measured
+    assert v["PPlug beats pplug:no_persona (accuracy)"]["met"] is True
+    assert v["onboarding a user: PPlug >= 1000x cheaper than OPPU"]["met"] is False
+    assert v["onboarding a user: PPlug >= 1000x cheaper than OPPU"]["detail"].startswith("60x")
+    assert v["per-user state: PPlug >= 1000x cheaper than OPPU"]["detail"].startswith("50x")
+    assert v["PPlug latency <= 0.5x rag-bm25"]["met"] is True
+    maj = v["pplug beats the user's-majority heuristic"]
+    assert maj["met"] is False and "not yet using the history well" in maj["detail"]
+    assert "pplug:swap_history beats the user's-majority heuristic" not in v  # a diagnostic, not a method
+    text = targets_markdown(check_targets("classification", rows))
+    assert "**NOT met**" in text and "not measured" in text
+
+
+def test_lower_is_better_for_rating_and_no_majority_check_for_generation():
+    v = by_target(check_targets("rating", [row("pplug", 0.3, "mae"), row("zero-shot", 0.5, "mae")]))
+    assert v["PPlug beats zero-shot (mae)"]["met"] is True
+    gen = check_targets("generation", [row("pplug", 0.2, "rouge-1"), row("heuristic:user-majority", 0.9, "rouge-1")])
+    assert not any("majority" in t["target"] for t in gen)
