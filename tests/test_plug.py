@@ -41,6 +41,8 @@ def test_soft_tokens_have_backbone_norm_and_gain():
     with torch.no_grad():
         plug.gain[1] = 2.0
     assert torch.allclose(plug(*_inputs()).soft[0, 1].norm(), torch.tensor(6.4), atol=1e-5)
+    scaled = PersonaPlug(PlugConfig(n_persona_tokens=1, gain_init=3.0), 8, 16, target_norm=3.2)
+    assert torch.allclose(scaled(*_inputs()).soft[:2].norm(dim=-1), torch.full((2, 2), 9.6), atol=1e-4)
 
 
 def test_temperature_sharpens_and_mean_pool_is_uniform():

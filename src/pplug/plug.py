@@ -31,6 +31,7 @@ class PlugConfig:
     learn_temperature: bool = True  # make the temperature a trained parameter (log-parametrized)
     normalize_soft: bool = True  # rescale each soft token to the backbone's mean token-embedding norm
     learn_gain: bool = True  # a learnable scalar gain on that norm (per soft-token slot)
+    gain_init: float = 1.0  # initial gain: soft-token norm = gain * mean token norm (the learned gain barely moves)
     train_input_encoder: bool = True  # fine-tune the input encoder (paper) or keep it frozen
     max_history: int = 64  # at most this many most recent items per user enter the aggregator
 
@@ -86,7 +87,7 @@ class PersonaPlug(nn.Module):
         self.proj = mlp(d_enc, d_lm, k) if config.use_persona else None
         self.instruction = nn.Parameter(torch.randn(d_enc) / math.sqrt(d_enc)) if config.use_instruction else None
         self.proj_instruction = mlp(d_enc, d_lm) if config.use_instruction else None
-        self.gain = nn.Parameter(torch.ones(config.n_soft), requires_grad=config.learn_gain)
+        self.gain = nn.Parameter(torch.full((config.n_soft,), float(config.gain_init)), requires_grad=config.learn_gain)
 
     def aggregate_weights(self, query: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input-aware weights over the history.
