@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pplug.config import config_from_spec
+from pplug.config import RunConfig, config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.resources import Resources
 from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
@@ -55,7 +55,7 @@ def share_task_stage(cfg, run_dir: Path) -> str | None:
         saved = source / "config.json"
         if source == run_dir or not saved.is_file() or not (source / "task_lora").is_dir():
             continue
-        theirs = json.loads(saved.read_text())
+        theirs = RunConfig.load(saved).to_dict()  # defaults filled in: fields added since then compare equal
         if theirs.get("method") != source_name or not (source / "checkpoint" / "task_lora.pt").is_file():
             continue
         if comparable(theirs) == comparable(cfg.to_dict()):
