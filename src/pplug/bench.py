@@ -99,7 +99,21 @@ def heuristic_rows(cfg: BenchConfig, task) -> list[dict[str, Any]]:
     for name, preds in heuristic_predictions(task, train, test, encode).items():
         rows.append({"method": f"heuristic:{name}", "status": "ok", "test_questions": len(test),
                      "metrics": score_predictions(task, test.golds, preds)})
+        if task.kind == "classification":
+            rows[-1]["labels_used"] = len(set(preds.values()))
     return rows
+
+
+def labels_used(out: Path, spec: str, split: str) -> int | None:
+    """Classification: how many distinct labels a method predicted on the evaluation split (a collapse to
+    the frequent labels shows here), read from the predictions file its run wrote; None if absent."""
+    if ":swap_history" in spec:
+        path = out / "runs" / spec_dir(spec.split(":")[0].split("@")[0]) / f"preds_{split}_swap.json"
+    else:
+        path = out / "runs" / spec_dir(spec) / f"preds_{split}.json"
+    if not path.is_file():
+        return None
+    return len({g["output"] for g in json.loads(path.read_text())["golds"]})
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -121,20 +135,26 @@ def _human_bytes(n: float | None) -> str:
 
 
 def _write(out: Path, task, cfg: BenchConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if task.kind == "classification":
+        for r in rows:
+            if r.get("status") == "ok" and not r["method"].startswith("heuristic:"):
+                r["labels_used"] = labels_used(out, r["method"], cfg.split)
     verdicts = check_targets(task.kind, rows)
     result = {"task": task.name, "data": cfg.data, "config": asdict(cfg), "rows": rows, "targets": verdicts}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     metrics = {"classification": ["accuracy", "f1"], "rating": ["mae", "rmse"],
                "generation": ["rouge-1", "rouge-L"]}[task.kind]
-    head = ["method", *metrics, f"n {cfg.split}", "train s", "onboard s/user", "state/user", "latency mean s",
-            "latency p95 s", "prompt tokens", "peak RSS MB"]
+    spread = task.kind == "classification"
+    head = ["method", *metrics, *(["labels used"] if spread else []), f"n {cfg.split}", "train s",
+            "onboard s/user", "state/user", "latency mean s", "latency p95 s", "prompt tokens", "peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("status") != "ok":
             lines.append(f"| {r['method']} | FAILED: {r.get('error', '')[:80]} |" + " |" * (len(head) - 2))
             continue
         m, c = r.get("metrics", {}), r.get("cost", {})
-        cells = [r["method"], *[_fmt(m.get(k)) for k in metrics], _fmt(r.get("test_questions")),
+        cells = [r["method"], *[_fmt(m.get(k)) for k in metrics], *([_fmt(r.get("labels_used"))] if spread else []),
+                 _fmt(r.get("test_questions")),
                  _fmt(c.get("train_seconds"), 0), _fmt(c.get("onboard_seconds"), 4),
                  _human_bytes(c.get("state_bytes")), _fmt(c.get("latency_mean"), 2), _fmt(c.get("latency_p95"), 2),
                  _fmt(c.get("mean_prompt_tokens"), 0), _fmt(c.get("peak_rss_mb"), 0)]
