@@ -46,3 +46,10 @@ def test_lower_is_better_for_rating_and_no_majority_check_for_generation():
     assert v["PPlug beats zero-shot (mae)"]["met"] is True
     gen = check_targets("generation", [row("pplug", 0.2, "rouge-1"), row("heuristic:user-majority", 0.9, "rouge-1")])
     assert not any("majority" in t["target"] for t in gen)
+
+
+def test_interleaved_latency_is_preferred():
+    rows = [row("pplug", 0.5, latency_mean=1.0), row("rag-bm25", 0.4, latency_mean=3.0)]
+    v = by_target(check_targets("classification", rows, latency={"pplug": 1.5, "rag-bm25": 2.5}))
+    t = v["PPlug latency <= 0.5x rag-bm25"]
+    assert t["met"] is False and t["detail"].startswith("0.60x") and "interleaved" in t["detail"]

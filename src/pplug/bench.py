@@ -104,6 +104,15 @@ def heuristic_rows(cfg: BenchConfig, task) -> list[dict[str, Any]]:
     return rows
 
 
+def interleaved_latency(out: Path) -> dict[str, float] | None:
+    """{"pplug": s, "rag-bm25": s} from ``OUT/latency_compare.json`` (scripts/latency_compare.py), if present."""
+    path = out / "latency_compare.json"
+    if not path.is_file():
+        return None
+    runs = json.loads(path.read_text())["runs"]
+    return {Path(run).name: r["mean"] for run, r in runs.items()}
+
+
 def labels_used(out: Path, spec: str, split: str) -> int | None:
     """Classification: how many distinct labels a method predicted on the evaluation split (a collapse to
     the frequent labels shows here), read from the predictions file its run wrote; None if absent."""
@@ -139,7 +148,7 @@ def _write(out: Path, task, cfg: BenchConfig, rows: list[dict[str, Any]]) -> dic
         for r in rows:
             if r.get("status") == "ok" and not r["method"].startswith("heuristic:"):
                 r["labels_used"] = labels_used(out, r["method"], cfg.split)
-    verdicts = check_targets(task.kind, rows)
+    verdicts = check_targets(task.kind, rows, interleaved_latency(out))
     result = {"task": task.name, "data": cfg.data, "config": asdict(cfg), "rows": rows, "targets": verdicts}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     metrics = {"classification": ["accuracy", "f1"], "rating": ["mae", "rmse"],
