@@ -13,6 +13,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 for run in map(Path, sys.argv[1:]):
+    if not (run / "model.safetensors").is_file():
+        print(f"{run}: no model.safetensors (not a trained pplug run)")
+        continue
     state = load_file(str(run / "model.safetensors"))
     plug = json.loads((run / "config.json").read_text())["plug"]
     tau = state["plug.log_tau"].exp().item()
