@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from pplug.bench_worker import latency_summary
 from pplug.data import load_split
 from pplug.resources import Resources
 from pplug.runner import load_run
@@ -50,8 +50,8 @@ def main() -> None:
             times[run].append(time.perf_counter() - t0)
     rows = {}
     for run, ts in times.items():
-        ts.sort()
-        rows[run] = {"mean": statistics.mean(ts), "p95": ts[min(len(ts) - 1, round(0.95 * (len(ts) - 1)))]}
+        stats = latency_summary(ts)
+        rows[run] = {"mean": stats["latency_mean"], "p95": stats["latency_p95"]}
     first = a.runs[0]
     for run, r in rows.items():
         r["ratio_to_first"] = r["mean"] / rows[first]["mean"]

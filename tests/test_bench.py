@@ -9,6 +9,16 @@ from pplug.cli import main
 from pplug.synth import SynthConfig, synthesize
 
 
+def run_cli(argv: list[str], sets: list[str]) -> None:
+    """`pplug bench ARGV --set S ...` in-process; a clean exit is required."""
+    for s in sets:
+        argv = [*argv, "--set", s]
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code in (0, None)
+
+
 def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir, monkeypatch, capsys):
     monkeypatch.setenv("PPLUG_CACHE", str(tmp_path / "cache"))
     data = synthesize(tmp_path / "data", SynthConfig(n_train_users=3, n_dev_users=2, n_test_users=2, min_profile=3,
@@ -17,12 +27,7 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
             "train.augment_copies=0", "train.progress=false", "decode.max_new_tokens=3"]
     argv = ["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--limit", "3", "--latency-questions", "2",
             "--methods", "zero-shot,pplug,pplug:swap_history,no-such-method"]
-    for s in sets:
-        argv += ["--set", s]
-    try:
-        main(argv)
-    except SystemExit as e:
-        assert e.code in (0, None)
+    run_cli(argv, sets)
     out = tmp_path / "bench"
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
@@ -49,13 +54,8 @@ def test_bench_dev_split_and_oppu_reuses_the_task_stage(tmp_path, tiny_llama_dir
                                                      max_profile=4))["synth_topic"]
     argv = ["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--split", "dev", "--limit", "2",
             "--latency-questions", "1", "--users", "1", "--methods", "task-lora,oppu"]
-    for s in (f"backbone.name_or_path={tiny_llama_dir}", "train.max_steps=2", "train.progress=false",
-              "decode.max_new_tokens=3"):
-        argv += ["--set", s]
-    try:
-        main(argv)
-    except SystemExit as e:
-        assert e.code in (0, None)
+    run_cli(argv, [f"backbone.name_or_path={tiny_llama_dir}", "train.max_steps=2", "train.progress=false",
+                   "decode.max_new_tokens=3"])
     out = tmp_path / "bench"
     rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["task-lora"]["status"] == "ok" and rows["oppu"]["status"] == "ok", rows

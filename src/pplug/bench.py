@@ -45,6 +45,11 @@ def spec_dir(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
 
 
+def plain_spec_dir(spec: str) -> str:
+    """The folder of the plain run a diagnostic row reuses: ``pplug:swap_history`` -> ``pplug``."""
+    return spec_dir(spec.split(":")[0].split("@")[0])
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every method (each in a subprocess), add heuristics, write the result files."""
     out = Path(cfg.out)
@@ -117,7 +122,7 @@ def labels_used(out: Path, spec: str, split: str) -> int | None:
     """Classification: how many distinct labels a method predicted on the evaluation split (a collapse to
     the frequent labels shows here), read from the predictions file its run wrote; None if absent."""
     if ":swap_history" in spec:
-        path = out / "runs" / spec_dir(spec.split(":")[0].split("@")[0]) / f"preds_{split}_swap.json"
+        path = out / "runs" / plain_spec_dir(spec) / f"preds_{split}_swap.json"
     else:
         path = out / "runs" / spec_dir(spec) / f"preds_{split}.json"
     if not path.is_file():

@@ -17,22 +17,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pplug.bench import plain_spec_dir
 from pplug.config import RunConfig, config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.resources import Resources
 from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
 
 
-def latency_probe(method, questions) -> dict[str, float]:
+def latency_summary(times: list[float]) -> dict[str, float | None]:
+    """Mean and p95 (nearest rank) of request seconds; None for both when there are none."""
+    times = sorted(times)
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))] if times else None
+    return {"latency_mean": statistics.mean(times) if times else None, "latency_p95": p95}
+
+
+def latency_probe(method, questions) -> dict[str, float | None]:
     """Single-question requests (batch 1): mean and p95 seconds."""
     times = []
     for q in questions:
         t0 = time.perf_counter()
         method.predict([q])
         times.append(time.perf_counter() - t0)
-    times.sort()
-    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))] if times else None
-    return {"latency_mean": statistics.mean(times) if times else None, "latency_p95": p95}
+    return latency_summary(times)
 
 
 SHARED_TASK_STAGE = {"oppu": "task-lora", "oppu-rag": "task-lora-rag"}
@@ -43,7 +49,7 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     keep = {k: v for k, v in config.items() if k != "method"}
     keep["decode"] = {k: v for k, v in config.get("decode", {}).items() if k != "swap_history"}
     keep["train"] = {k: v for k, v in config.get("train", {}).items() if k != "progress"}
-    keep["lora"] = {k: v for k, v in config.get("lora", {}).items() if not k.startswith("user") and k != "users"}
+    keep["lora"] = {k: v for k, v in config.get("lora", {}).items() if not k.startswith("user")}
     return keep
 
 
@@ -80,7 +86,7 @@ def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str,
     swap = cfg.decode.swap_history
     cfg.decode.swap_history = False  # swap is a prediction-time diagnostic; train as usual
     resources = Resources()
-    base = run_dir.parent / spec.split(":")[0].split("@")[0]
+    base = run_dir.parent / plain_spec_dir(spec)
     if swap and (base / "model.safetensors").is_file() and (base / "config.json").is_file():
         run_dir = base  # reuse the already trained plain run
         report = json.loads((base / "train_report.json").read_text())

@@ -298,6 +298,7 @@ class LoraMethod:
         if (users_dir / user_dir_name(user) / META_FILE).is_file():
             return True
         return len(list(users_dir.glob(f"*/{META_FILE}"))) < limit
+
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path) -> tuple[float, int]:
         """task-lora: nothing per user. OPPU: mean seconds to train one user's adapter and mean adapter file size."""
         if not self.per_user:
