@@ -21,10 +21,16 @@ class DecodeConfig:
     batch_size: int = 8  # questions per generate call
     swap_history: bool = False  # diagnostic: give each question another user's history at prediction
     classify: str = "generate"  # classification/rating: "generate" then parse, or "rank" the labels by likelihood
+    label_prior: float | str = 0.0  # rank decoding: weight of the user's label prior (0 = LLM alone; "auto" = dev)
+    prior_smoothing: float = 1.0  # Dirichlet smoothing of the user's label counts in the prior
 
     def __post_init__(self) -> None:
         if self.classify not in ("generate", "rank"):
             raise ValueError(f"decode.classify must be 'generate' or 'rank', got '{self.classify}'")
+        if isinstance(self.label_prior, str) and self.label_prior != "auto":
+            raise ValueError(f"decode.label_prior must be a number >= 0 or 'auto', got '{self.label_prior}'")
+        if not isinstance(self.label_prior, str) and self.label_prior < 0:
+            raise ValueError(f"decode.label_prior must be >= 0, got {self.label_prior}")
 
     def new_tokens(self, kind: str) -> int:
         if self.max_new_tokens is not None:

@@ -46,6 +46,7 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     method = build_method(config, resources)
     load_s = time.perf_counter() - t0
     report = method.fit(train, dev, run_dir)
+    config.save(run_dir / "config.json")  # fit may resolve settings chosen on dev (decode.label_prior="auto")
     report.update(method=config.method, task=config.task, load_seconds=round(load_s, 2),
                   total_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=round(peak_rss_mb(), 1))
     (run_dir / "train_report.json").write_text(json.dumps(report, indent=1))

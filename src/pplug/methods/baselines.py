@@ -11,7 +11,8 @@ import torch
 
 from pplug.backbones import PromptParts
 from pplug.config import RunConfig
-from pplug.data.records import Question
+from pplug.data.records import HistoryItem, Question
+from pplug.label_prior import combine, resolve_auto
 from pplug.methods.base import Prediction, register_method
 from pplug.resources import Resources
 from pplug.retrieval import Retriever, build_retriever
@@ -40,11 +41,23 @@ class RagPrompter:
         return self.task.prompt(question.input, shown)
 
 
-def decode_outputs(backbone, task: Task, built, decode) -> tuple[list[str], list[str]]:
-    """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels."""
+def decode_outputs(backbone, task: Task, built, decode, profiles: Sequence[Sequence[HistoryItem]] | None = None,
+                   scores_out: list[list[float]] | None = None) -> tuple[list[str], list[str]]:
+    """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels.
+
+    With rank decoding, ``decode.label_prior`` > 0 multiplies the LLM's label distribution with each
+    user's label prior from ``profiles`` (see `pplug.label_prior`); ``scores_out`` (if given) receives
+    each example's LLM-only label log-probs (in ``task.labels`` order) for tuning that weight on dev.
+    """
     if task.kind != "generation" and decode.classify == "rank":
-        scores = backbone.score_options(built, list(task.labels))  # [b, n_labels] log-likelihoods
-        best = [task.labels[i] for i in scores.argmax(dim=1).tolist()]
+        labels = list(task.labels)
+        scores = backbone.score_options(built, labels)  # [b, n_labels] log-likelihoods
+        if scores_out is not None:
+            scores_out.extend(torch.log_softmax(scores.float(), dim=-1).tolist())
+        weight = decode.label_prior if isinstance(decode.label_prior, int | float) else 0.0
+        if weight and profiles is not None:
+            scores = combine(scores, task, profiles, labels, float(weight), decode.prior_smoothing)
+        best = [labels[i] for i in scores.argmax(dim=1).tolist()]
         return best, best
     raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
     return raws, [task.parse(r) for r in raws]
@@ -58,10 +71,12 @@ def generate_predictions(backbone, task: Task, questions: Sequence[Question], te
         for i in range(0, len(questions), decode.batch_size):
             qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
             built = backbone.build([PromptParts(text=t) for t in ts])
-            raws, outs = decode_outputs(backbone, task, built, decode)
+            label_scores: list[list[float]] = []
+            raws, outs = decode_outputs(backbone, task, built, decode, [q.profile for q in qs], label_scores)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
-            preds += [Prediction(q.id, o, r, [], int(n)) for q, r, o, n in zip(qs, raws, outs, n_tokens,
-                                                                              strict=True)]
+            ls = label_scores or [None] * len(qs)
+            preds += [Prediction(q.id, o, r, [], int(n), s) for q, r, o, n, s in zip(qs, raws, outs, n_tokens, ls,
+                                                                                    strict=True)]
     return preds
 
 
@@ -79,7 +94,9 @@ class PromptMethod:
 
     def fit(self, train, dev, run_dir: Path) -> dict[str, Any]:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return {"trainable_parameters": 0, "train_seconds": 0.0, "steps": 0}
+        report: dict[str, Any] = {"trainable_parameters": 0, "train_seconds": 0.0, "steps": 0}
+        prior = resolve_auto(self.config, self.task, dev, self.predict)
+        return report | ({"label_prior_tuning": prior} if prior else {})
 
     def load(self, run_dir: Path) -> None:
         return None

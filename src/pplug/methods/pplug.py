@@ -18,6 +18,7 @@ from pplug.backbones import PromptParts
 from pplug.config import RunConfig
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.encoders import load_encoder
+from pplug.label_prior import resolve_auto
 from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import decode_outputs
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
@@ -176,9 +177,11 @@ class PPlugMethod:
             checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
             load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name)
         self.load(run_dir)  # keep the best epoch's weights
+        prior = resolve_auto(self.config, self.task, dev, self.predict)  # decode.label_prior="auto": pick on dev
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
                 "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
-                "dev_metric": metric, "history": result.history, "train_seconds": round(result.seconds, 2)}
+                "dev_metric": metric, "history": result.history, "train_seconds": round(result.seconds, 2),
+                **({"label_prior_tuning": prior} if prior else {})}
 
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
         """Onboarding a new user = one frozen-encoder pass over her history (no cache); her state = those
@@ -233,10 +236,13 @@ class PPlugMethod:
                 vecs = [v[-len(p):] if p else v[:0] for v, p in zip(vectors[i:i + dec.batch_size], profiles,
                                                                      strict=True)]
             out, built = self._forward(qs, profiles, vectors=vecs)
-            raws, outs = decode_outputs(self.backbone, self.task, built, dec)
+            label_scores: list[list[float]] = []
+            raws, outs = decode_outputs(self.backbone, self.task, built, dec, all_profiles[i:i + dec.batch_size],
+                                        label_scores)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):
-                preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b])))
+                preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b]),
+                                        label_scores[b] if label_scores else None))
         return preds
 
     def explain(self, out: PlugOutput, b: int, profile: list[HistoryItem], top: int = 3) -> list[dict[str, Any]]:

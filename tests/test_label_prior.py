@@ -1,0 +1,119 @@
+"""The user's label prior combined with the LLM's label scores (product of experts)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from pplug.config import RunConfig
+from pplug.data import load_split
+from pplug.data.records import HistoryItem, Question, Split
+from pplug.heuristics import user_majority
+from pplug.label_prior import PRIOR_ALONE, combine, prior_log_probs, resolve_auto, tune_on_dev
+from pplug.methods.base import Prediction
+from pplug.resources import Resources
+from pplug.runner import eval_run, train_run
+from pplug.synth import SynthConfig, synthesize
+from pplug.tasks import get_task
+
+TASK = get_task("synth_topic")  # labels: sports music science travel food politics; output field "category"
+LABELS = list(TASK.labels)
+
+
+def _items(*cats: str) -> list[HistoryItem]:
+    return [HistoryItem(id=f"h{i}", fields={"text": "x", "category": c}) for i, c in enumerate(cats)]
+
+
+def test_prior_is_smoothed_label_frequency():
+    lp = prior_log_probs(TASK, _items("music", "music", "food", "not-a-label"), LABELS, smoothing=1.0)
+    # counted: music 2, food 1 (the unknown label is ignored); + 1 each over 6 labels -> total 3 + 6 = 9
+    expected = [1 / 9, 3 / 9, 1 / 9, 1 / 9, 2 / 9, 1 / 9]
+    assert lp.exp().tolist() == pytest.approx(expected)
+    assert prior_log_probs(TASK, [], LABELS, 0.0).exp().tolist() == pytest.approx([1 / 6] * 6)
+
+
+def test_combine_weights_the_experts():
+    scores = torch.tensor([[-1.0, -3.0, -3.0, -3.0, -3.0, -3.0]])  # the LLM prefers "sports"
+    profiles = [_items("food", "food", "music")]
+    llm = combine(scores, TASK, profiles, LABELS, 0.0, 1.0)
+    assert torch.allclose(llm, torch.log_softmax(scores, -1))
+    assert LABELS[int(llm.argmax())] == "sports"
+    alone = combine(scores, TASK, profiles, LABELS, PRIOR_ALONE, 1.0)
+    assert LABELS[int(alone.argmax())] == "food" == user_majority(TASK, Question("q", "x", profiles[0]), "")
+    mixed = combine(scores, TASK, profiles, LABELS, 1.0, 1.0)
+    expected = torch.log_softmax(scores, -1) + prior_log_probs(TASK, profiles[0], LABELS, 1.0)
+    assert torch.allclose(mixed, expected)
+
+
+def _dev(golds: list[str], profiles: list[list[HistoryItem]]) -> Split:
+    qs = [Question(f"q{i}", "note", p) for i, p in enumerate(profiles)]
+    return Split(TASK.name, "dev", qs, {q.id: g for q, g in zip(qs, golds, strict=True)}, "mem")
+
+
+def test_tune_on_dev_picks_the_prior_only_when_it_helps():
+    # Users whose gold is their most frequent history label; the LLM is uninformative (ties -> label 0).
+    cats = ["music", "food", "travel", "science"]
+    profiles = [_items(c, c, "sports") for c in cats]
+    flat = [[0.0] * 6 for _ in cats]
+
+    def predict(qs):
+        return [Prediction(q.id, "sports", label_scores=s) for q, s in zip(qs, flat, strict=True)]
+
+    report = tune_on_dev(predict, TASK, _dev(cats, profiles), profiles, 1.0)
+    assert report["label_prior"] > 0 and report["dev_scores"]["0.0"] == 0.0 and report["prior_alone"] == 1.0
+    # A sharp, always-right LLM and a misleading prior: the LLM alone wins (ties go to the smaller weight).
+    right = [[0.0 if lab == c else -20.0 for lab in LABELS] for c in cats]
+
+    def predict_right(qs):
+        return [Prediction(q.id, c, label_scores=s) for q, c, s in zip(qs, cats, right, strict=True)]
+
+    misleading = [_items("sports", "sports", "sports") for _ in cats]
+    report = tune_on_dev(predict_right, TASK, _dev(cats, misleading), misleading, 1.0)
+    assert report["label_prior"] == 0.0 and report["dev_scores"]["0.0"] == 1.0
+
+
+def test_resolve_auto_leaves_generation_and_generate_decoding_alone():
+    cfg = RunConfig()
+    cfg.decode.label_prior = "auto"
+    report = resolve_auto(cfg, get_task("synth_title"), None, lambda qs: [])
+    assert cfg.decode.label_prior == 0.0 and "rank decoding" in report["reason"]
+    assert resolve_auto(cfg, TASK, None, lambda qs: []) is None  # already a number: nothing to do
+    with pytest.raises(ValueError, match="label_prior"):
+        RunConfig().decode.__class__(label_prior="often")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth"), SynthConfig(n_train_users=3, n_dev_users=3, n_test_users=3,
+                                                                    min_profile=4, max_profile=6))
+
+
+def _cfg(synth, tiny_llama_dir, tiny_bert_dir, prior) -> RunConfig:
+    cfg = RunConfig(method="zero-shot", data=str(synth["synth_topic"]))
+    cfg.backbone.name_or_path, cfg.encoder.name_or_path = str(tiny_llama_dir), str(tiny_bert_dir)
+    cfg.decode.classify, cfg.decode.label_prior = "rank", prior
+    return cfg
+
+
+def test_prior_alone_predicts_the_users_majority_label(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    res = Resources(None)
+    train_run(_cfg(synth, tiny_llama_dir, tiny_bert_dir, PRIOR_ALONE), tmp_path / "run", res)
+    eval_run(tmp_path / "run", str(synth["synth_topic"]), "test", resources=res)
+    preds = {g["id"]: g["output"] for g in json.loads((tmp_path / "run" / "preds_test.json").read_text())["golds"]}
+    test = load_split(str(synth["synth_topic"]), "test")
+    for q in test.questions:
+        counts = Counter(it.fields["category"] for it in q.profile)
+        assert counts[preds[q.id]] == max(counts.values())  # a most frequent label (the LLM breaks ties)
+
+
+def test_auto_prior_is_chosen_on_dev_and_saved(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    res = Resources(None)
+    report = train_run(_cfg(synth, tiny_llama_dir, tiny_bert_dir, "auto"), tmp_path / "run", res)
+    tuning = report["label_prior_tuning"]
+    saved = RunConfig.load(tmp_path / "run" / "config.json").decode.label_prior
+    assert saved == tuning["label_prior"] and isinstance(saved, float) and not math.isnan(saved)
+    assert set(tuning["dev_scores"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
