@@ -96,9 +96,11 @@ def n_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def pairs_loss(backbone: Backbone, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-    """Token-mean NLL of the outputs given the prompts (loss on the output tokens only)."""
-    built = backbone.build([PromptParts(text=t) for t, _ in pairs], targets=[g for _, g in pairs])
+def pairs_loss(backbone: Backbone, pairs: Sequence[tuple[str, str]], task: Task | None = None) -> torch.Tensor:
+    """Token-mean NLL of the outputs given the prompts (loss on the output tokens only; ``task`` tells
+    truncation where each prompt's body starts)."""
+    parts = [PromptParts(text=t, body_start=task.body_start(t) if task else 0) for t, _ in pairs]
+    built = backbone.build(parts, targets=[g for _, g in pairs])
     return backbone.loss(built)
 
 
@@ -223,7 +225,7 @@ class LoraMethod:
 
         with torch.enable_grad():
             result = train_loop(
-                [p for p in adapter.parameters() if p.requires_grad], lambda b: pairs_loss(self.backbone, b),
+                [p for p in adapter.parameters() if p.requires_grad], lambda b: pairs_loss(self.backbone, b, self.task),
                 examples, cfg, evaluate=evaluate if dev is not None and dev.golds else None,
                 higher_is_better=HIGHER_IS_BETTER[metric],
                 on_best=lambda: adapter.save_pretrained(str(task_dir)),
@@ -344,7 +346,7 @@ class LoraMethod:
         try:
             with torch.enable_grad():
                 train_loop([p for p in adapter.parameters() if p.requires_grad],
-                           lambda b: pairs_loss(self.backbone, b), examples, cfg, train_mode=adapter.train,
+                           lambda b: pairs_loss(self.backbone, b, self.task), examples, cfg, train_mode=adapter.train,
                            desc=f"{self.name}:user")
             adapter.eval()
             adapter.save_pretrained(str(folder))

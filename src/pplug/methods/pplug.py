@@ -130,8 +130,9 @@ class PPlugMethod:
         hist, mask = self._history(profiles, vectors)
         query = self._queries(questions) if self.config.plug.use_persona else None
         out = self.plug(query, hist, mask)
-        parts = [PromptParts(text=self.task.prompt(q.input), prefix=pre)
-                 for q, pre in zip(questions, self._prefixes(questions, profiles), strict=True)]
+        texts = [self.task.prompt(q.input) for q in questions]
+        parts = [PromptParts(text=t, prefix=pre, body_start=self.task.body_start(t))
+                 for t, pre in zip(texts, self._prefixes(questions, profiles), strict=True)]
         return out, self.backbone.build(parts, out.soft, out.soft_mask, targets)
 
     def prime(self, questions: Sequence[Question]) -> None:
