@@ -9,7 +9,15 @@ import torch
 
 from pplug.data.records import HistoryItem, Question
 from pplug.methods.baselines import RagPrompter, fit_example, truncate_tokens
-from pplug.retrieval import BM25Retriever, DenseRetriever, RecencyRetriever, build_retriever, visible
+from pplug.retrieval import (
+    BM25Retriever,
+    DenseRetriever,
+    RecencyRetriever,
+    build_retriever,
+    by_recency,
+    most_recent,
+    visible,
+)
 from pplug.tasks import get_task
 
 TASK = get_task("synth_title")
@@ -98,3 +106,12 @@ def test_an_example_without_other_fields_is_cut_whole(tiny_tokenizer):
     task = get_task("LaMP-7")
     shown = fit_example(task, HistoryItem("h", {"text": "the cat sat on the mat " * 40}), tiny_tokenizer, 20)
     assert shown.startswith('"the cat') and len(tiny_tokenizer(shown, add_special_tokens=False).input_ids) <= 20
+
+
+def test_most_recent_by_date_else_file_order():
+    dated = [item(0, "a", "2021-05-01"), item(1, "b", "2019-01-01"), item(2, "c", "2022-01-01"),
+             item(3, "d", "2020-01-01")]
+    assert most_recent(dated, 2) == [0, 2]  # the two latest dates, in profile order (not the last two in the file)
+    undated = [item(i, "x", None) for i in range(4)]
+    assert most_recent(undated, 2) == [2, 3] and most_recent(undated, 0) == [0, 1, 2, 3]
+    assert by_recency(dated) == [1, 3, 0, 2]

@@ -6,7 +6,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pplug.methods.baselines import decode_outputs
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.plug import PersonaPlug, PlugOutput
 from pplug.resources import Resources
+from pplug.retrieval import most_recent
 from pplug.scoring import score_predictions
 from pplug.tasks import get_task
 from pplug.training import set_seed, train_loop
@@ -85,7 +86,9 @@ class PPlugMethod:
 
     # ---- features -------------------------------------------------------------------------------
     def _items(self, profile: list[HistoryItem], keep: tuple[int, ...] | None = None) -> list[HistoryItem]:
-        items = profile[-self.config.plug.max_history:] if self.config.plug.max_history else profile
+        """The items that enter the aggregator: the ``plug.max_history`` most recent by date (see
+        `most_recent`), then those ``keep`` (augmentation) picks among them."""
+        items = [profile[i] for i in most_recent(profile, self.config.plug.max_history)]
         return items if keep is None else [items[i] for i in keep]
 
     def item_vectors(self, items: list[HistoryItem]) -> torch.Tensor:
@@ -166,8 +169,12 @@ class PPlugMethod:
         examples = augment(examples, n_items, cfg.augment_copies, cfg.augment_max_drop, cfg.seed)
         metric = MAIN_METRIC[self.task.kind]
 
-        def evaluate() -> float:
-            preds = {p.id: p.output for p in self.predict(dev.questions)}
+        def evaluate() -> float:  # epoch selection always sees the users' own histories (swap is a diagnostic)
+            decode, self.config.decode = self.config.decode, replace(self.config.decode, swap_history=False)
+            try:
+                preds = {p.id: p.output for p in self.predict(dev.questions)}
+            finally:
+                self.config.decode = decode
             return score_predictions(self.task, dev.golds, preds)[metric]
 
         result = train_loop(
@@ -230,9 +237,9 @@ class PPlugMethod:
             qs = list(questions[i:i + dec.batch_size])
             profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
             vecs = None
-            if vectors is not None:
-                vecs = [v[-len(p):] if p else v[:0] for v, p in zip(vectors[i:i + dec.batch_size], profiles,
-                                                                     strict=True)]
+            if vectors is not None:  # the same items as `_items` picks (no swap: the server never swaps)
+                vecs = [v[most_recent(q.profile, self.config.plug.max_history)] for v, q in
+                        zip(vectors[i:i + dec.batch_size], qs, strict=True)]
             out, built = self._forward(qs, profiles, vectors=vecs)
             raws, outs = decode_outputs(self.backbone, self.task, built, dec)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
