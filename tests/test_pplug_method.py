@@ -184,3 +184,28 @@ def test_swap_history_run_trains_and_selects_on_own_histories(synth, tiny_llama_
     _, method = load_run(tmp_path / "run", Resources(None))
     method.predict(load_split(cfg.data, "test").questions[:2])
     assert calls == [2]  # prediction still swaps: the run asked for the diagnostic
+
+
+def test_loss_is_the_token_mean_over_the_batch(synth, tiny_backbone_dir, tiny_bert_dir):
+    """As the reference: one mean over every target token of the batch (not a mean of per-example means)."""
+    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    cfg.task = "synth_title"
+    method = PPlugMethod(cfg, Resources(None))
+    method.trainable.eval()
+    train = load_split(cfg.data, "train")
+    qs = train.questions[:2]
+    golds = [train.gold(qs[0]), train.gold(qs[1]) + " and a much longer tail of words than the first"]
+    batch = [Example(q, g) for q, g in zip(qs, golds, strict=True)]
+    with torch.no_grad():
+        _, built = method._forward(qs, [method._items(q.profile) for q in qs], golds)
+        token_mean = method.backbone.loss(built)  # the backbone's batch token mean
+        per_example = method.backbone.loss(built, reduction="none").mean()
+        loss = method._loss(batch)
+    assert loss.item() == pytest.approx(token_mean.item(), rel=1e-5)
+    assert abs(loss.item() - per_example.item()) > 1e-4  # the two averages differ here
+    method.class_weights = {golds[0]: 3.0}  # class weights scale each example's tokens
+    n = built.target_tokens()
+    nll = method.backbone.loss(built, reduction="none") * n
+    with torch.no_grad():
+        weighted = method._loss(batch)
+    assert weighted.item() == pytest.approx(((3 * nll[0] + nll[1]) / (3 * n[0] + n[1])).item(), rel=1e-5)

@@ -52,6 +52,12 @@ class Batch:
     def __len__(self) -> int:
         return self.inputs_embeds.shape[0]
 
+    def target_tokens(self) -> Tensor:
+        """[b] float: the labelled (target + EOS) tokens per example, the weights of a token-level mean."""
+        if self.labels is None:
+            raise ValueError("a batch built without targets has no target tokens")
+        return (self.labels != -100).sum(-1).float()
+
 
 @runtime_checkable
 class Backbone(Protocol):

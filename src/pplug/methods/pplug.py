@@ -146,14 +146,17 @@ class PPlugMethod:
 
     # ---- training ---------------------------------------------------------------------------------
     def _loss(self, batch: list[Example]) -> torch.Tensor:
+        """Cross-entropy averaged over all target tokens of the batch, as the reference code (HF Trainer,
+        T5's token-mean loss): every target token weighs the same, so a long title counts more than a
+        one-token label, not each example equally. Class weights scale each example's tokens."""
         qs = [ex.question for ex in batch]
         profiles = [self._items(ex.question.profile, ex.keep) for ex in batch]
         _, built = self._forward(qs, profiles, [ex.gold for ex in batch])
-        losses = self.backbone.loss(built, reduction="none")  # [b]
+        losses = self.backbone.loss(built, reduction="none")  # [b] per-example token means
+        w = built.target_tokens().to(losses.device)  # [b]
         if self.class_weights:
-            w = torch.tensor([self.class_weights.get(ex.gold, 1.0) for ex in batch])
-            return (losses * w).sum() / w.sum()
-        return losses.mean()
+            w = w * torch.tensor([self.class_weights.get(ex.gold, 1.0) for ex in batch], device=w.device)
+        return (losses * w).sum() / w.sum().clamp(min=1)
 
     def fit(self, train: Split, dev: Split | None, run_dir: Path) -> dict[str, Any]:
         cfg = self.config.train
