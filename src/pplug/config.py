@@ -178,22 +178,21 @@ def validate(config: RunConfig) -> RunConfig:
     Raises:
         ConfigError: e.g. ``decode.classify: 'rnak' is not one of ['generate', 'rank']``.
     """
+    top = get_type_hints(RunConfig)
     for f in fields(config):
         section = getattr(config, f.name)
-        targets = [(f.name, section)] if is_dataclass(section) else []
-        if not targets:
-            problem = type_error(section, get_type_hints(RunConfig)[f.name])
-            if problem:
+        if not is_dataclass(section):  # method, task, data
+            if problem := type_error(section, top[f.name]):
                 raise ConfigError(f"{f.name}: {problem}")
-        for name, obj in targets:
-            hints, rules = get_type_hints(type(obj)), RULES.get(name, {})
-            for sub in fields(obj):
-                value = getattr(obj, sub.name)
-                problem = type_error(value, hints[sub.name])
-                if problem is None and sub.name in rules:
-                    problem = rules[sub.name](value)
-                if problem:
-                    raise ConfigError(f"{name}.{sub.name}: {problem}")
+            continue
+        hints, rules = get_type_hints(type(section)), RULES.get(f.name, {})
+        for sub in fields(section):
+            value = getattr(section, sub.name)
+            problem = type_error(value, hints[sub.name])
+            if problem is None and sub.name in rules:
+                problem = rules[sub.name](value)
+            if problem:
+                raise ConfigError(f"{f.name}.{sub.name}: {problem}")
     return config
 
 
