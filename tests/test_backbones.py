@@ -8,6 +8,7 @@ import torch
 from pplug.backbones import Backbone, BackboneConfig, Batch, PromptParts, load_backbone
 from pplug.backbones import loading as loading_mod
 from pplug.errors import ModelMissingError
+from pplug.tasks import get_task
 
 PARTS = [
     PromptParts(text="the cat sat on the mat and the dog ran in the park"),
@@ -148,10 +149,37 @@ def test_truncation_keeps_scaffold_and_caps_target(tiny_backbone_dir):
     start = full.index(text_ids[0])
     head, tail = full[:start], full[start + len(text_ids):]
     prompt = bb.build(PARTS[:1]).input_ids[0].tolist()
-    assert prompt == head + text_ids[4:] + tail  # text cut from the left; chat scaffolding (or EOS) kept
+    assert prompt == head + text_ids[:-4] + tail  # text cut on the right (as LaMP); chat scaffolding (or EOS) kept
     cut = bb.build(PARTS[:1], targets=["a new battery design that charges"])
     labels = cut.labels[0][cut.labels[0] != -100].tolist()
     assert len(labels) == 3 and bb.tokenizer.eos_token_id not in labels  # a cut target gets no EOS
+
+
+def test_truncation_keeps_instruction_and_labels_and_cuts_the_body(tiny_backbone_dir):
+    """Examples + instruction + label list + a long body: the body's end goes, the head stays whole
+    (with and without soft tokens); a head alone too long loses its start (the examples) first."""
+    task = get_task("synth_topic")
+    instruction = task.pair_input.format(text="")
+    text = task.prompt(instruction + " the cat sat on the mat and the dog ran in the park" * 30,
+                       ["researchers tested a new battery design"])
+    split = task.body_start(text)
+    assert text[:split].endswith("note:") and "categories: [sports" in text[:split]
+    bb = _load(tiny_backbone_dir, max_prompt_tokens=200)
+    head = bb.tokenizer(text[:split], add_special_tokens=False)["input_ids"]
+    body = bb.tokenizer(text[split:], add_special_tokens=False)["input_ids"]
+    for soft in (None, _soft(bb, 1, 2)):
+        ids = bb.build([PromptParts(text=text, body_start=split)], soft).input_ids[0].tolist()
+        n_text = 200 - len(bb.build([PromptParts(text="")], soft).input_ids[0])
+        assert len(ids) == 200 and 0 < n_text - len(head) < len(body)
+        assert _contains(ids, head + body[: n_text - len(head)])  # the whole head, then the body's start
+    small = _load(tiny_backbone_dir, max_prompt_tokens=24)
+    ids = small.build([PromptParts(text=text, body_start=split)]).input_ids[0].tolist()
+    n_text = 24 - len(small.build([PromptParts(text="")]).input_ids[0])
+    assert len(ids) == 24 and _contains(ids, head[-n_text:])
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    return any(seq[i: i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 def test_gradients_reach_soft_tokens_only(tiny_backbone_dir):

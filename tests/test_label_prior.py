@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from pplug.config import RunConfig
+from pplug.config import ConfigError, RunConfig, validate
 from pplug.data import load_split
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.heuristics import user_majority
@@ -82,8 +82,10 @@ def test_resolve_auto_leaves_generation_and_generate_decoding_alone():
     report = resolve_auto(cfg, get_task("synth_title"), None, lambda qs: [])
     assert cfg.decode.label_prior == 0.0 and "rank decoding" in report["reason"]
     assert resolve_auto(cfg, TASK, None, lambda qs: []) is None  # already a number: nothing to do
-    with pytest.raises(ValueError, match="label_prior"):
-        RunConfig().decode.__class__(label_prior="often")
+    bad = RunConfig()
+    bad.decode.label_prior = "often"
+    with pytest.raises(ConfigError, match="decode.label_prior"):
+        validate(bad)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,13 @@ def test_auto_prior_is_chosen_on_dev_and_saved(synth, tiny_llama_dir, tiny_bert_
     saved = RunConfig.load(tmp_path / "run" / "config.json").decode.label_prior
     assert saved == tuning["label_prior"] and isinstance(saved, float) and not math.isnan(saved)
     assert set(tuning["dev_scores"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
+
+
+def test_label_prior_override_parses_numbers_and_auto():
+    from pplug.config import apply_override
+
+    cfg = RunConfig()
+    apply_override(cfg, "decode.label_prior=4")
+    assert cfg.decode.label_prior == 4.0 and not isinstance(cfg.decode.label_prior, str)
+    apply_override(cfg, "decode.label_prior=auto")
+    assert validate(cfg).decode.label_prior == "auto"

@@ -174,8 +174,10 @@ def test_oppu_one_adapter_per_user_from_her_own_items(tiny_backbone_dir, topic_d
     assert not has_lora(method.backbone.model)
     q_name = next(k for k in merged if k.endswith(("q_proj.weight", ".q.weight")))
     k_name = next(k for k in merged if k.endswith(("k_proj.weight", ".k.weight")))
-    assert not torch.equal(merged[q_name], original[q_name])  # the task LoRA was merged into q ...
-    assert torch.equal(merged[k_name], original[k_name])  # ... and nothing else changed
+    o_name = next(k for k in merged if k.endswith(("o_proj.weight", ".o.weight")))
+    assert not torch.equal(merged[q_name], original[q_name])  # the task LoRA (q/k/v, OPPU) was merged into q
+    assert not torch.equal(merged[k_name], original[k_name])  # ... and k ...
+    assert torch.equal(merged[o_name], original[o_name])  # ... and nothing else changed
 
     preds = method.predict(test.questions)
     assert [p.id for p in preds] == [q.id for q in test.questions]
@@ -227,3 +229,38 @@ def test_oppu_rag_end_to_end(tiny_llama_dir, topic_dir, tmp_path):
     test = load_split(topic_dir, "test")
     preds = method.predict(test.questions[:2])
     assert len(preds) == 2 and len(adapter_bytes(tmp_path)) == 1
+
+
+# ---- fidelity to OPPU's code ----------------------------------------------------------------------
+def test_lamp7_user_adapter_learns_her_text_not_copying():
+    tweets = [HistoryItem(f"t{i}", {"text": f"my tweet number {i} lol"}, None) for i in range(3)]
+    qs = [Question("q1", "Paraphrase the following tweet without any explanation before or after it: hi",
+                   tweets, "u")]
+    assert lora_mod.language_modelling(get_task("LaMP-7")) and not lora_mod.language_modelling(get_task("LaMP-5"))
+    assert user_examples(get_task("LaMP-7"), qs) == [("", t.fields["text"]) for t in tweets]
+    prompter = RagPrompter(get_task("LaMP-7"), BM25Retriever(get_task("LaMP-7")), 1, 64, None)
+    assert user_examples(get_task("LaMP-7"), qs, prompter) == [("", t.fields["text"]) for t in tweets]
+
+
+def test_lora_stages_use_oppu_defaults_and_overrides(tiny_llama_dir, topic_dir, tmp_path, monkeypatch):
+    from pplug.cli.model_cmds import build_config
+
+    seen = []
+    original = lora_mod.train_loop
+    monkeypatch.setattr(lora_mod, "train_loop", lambda *a, **k: seen.append(a[3]) or original(*a, **k))
+    config = make_config(tiny_llama_dir, "oppu")
+    method = build_method(config, Resources(embedding_cache=None))
+    method.fit(load_split(topic_dir, "train"), None, tmp_path)
+    task = seen[0]
+    assert (task.epochs, task.lr, task.weight_decay, task.warmup, task.clip) == (3, 1e-4, 0.01, 0.1, 0.3)
+    assert (task.batch_size, task.max_steps) == (2, 2)  # the run's batch size and step cap still apply
+    user = method.user_train_config()
+    assert (user.epochs, user.lr, user.weight_decay, user.warmup, user.clip) == (2, 1e-4, 0.01, 0.1, 0.3)
+    adapter = attach_lora(load_backbone(config.backbone).model, config.lora, 0, config.lora.task_target_modules)
+    wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in adapter.named_parameters() if "lora_A" in n}
+    assert wrapped == {"q_proj", "k_proj", "v_proj"}
+    cli = build_config("task-lora", topic_dir, *[None] * 3, 1, 2e-4, *[None] * 12,
+                       ["lora.task_clip=1", "train.lr=0.5"])
+    assert (cli.lora.task_epochs, cli.lora.task_lr, cli.lora.task_clip, cli.train.lr) == (1, 2e-4, 1.0, 0.5)
+    pplug = build_config("pplug", topic_dir, *[None] * 3, 1, 2e-4, *[None] * 12, None)
+    assert (pplug.train.epochs, pplug.train.lr, pplug.lora.task_lr) == (1, 2e-4, 1e-4)

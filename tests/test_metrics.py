@@ -1,4 +1,4 @@
-"""Tests for pplug.metrics with hand-computed expected values."""
+"""Tests for pplug.metrics: hand-computed values, and scikit-learn / rouge-score on random inputs."""
 
 from __future__ import annotations
 
@@ -158,3 +158,54 @@ def test_constants_consistent() -> None:
     assert MAIN_METRIC == {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
     assert all(m in HIGHER_IS_BETTER for m in MAIN_METRIC.values())
     assert HIGHER_IS_BETTER["mae"] is False and HIGHER_IS_BETTER["rouge-L"] is True
+
+
+# ---------------------------------------------------------------- against independent implementations
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_classification_matches_scikit_learn_on_random_inputs(seed: int) -> None:
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    labels = [f"label {i}" for i in range(int(rng.integers(2, 8)))]
+    n = int(rng.integers(1, 60))
+    golds = [labels[i] for i in rng.integers(0, len(labels), n)]
+    pool = labels + ["not a label", "Label 0", ""]  # unknown predictions map to -1 (always wrong)
+    preds = [pool[i] for i in rng.integers(0, len(pool), n)]
+    out = classification_metrics(golds, preds, labels)
+    y_true = [labels.index(g) for g in golds]
+    y_pred = [labels.index(p) if p in labels else -1 for p in preds]
+    ref = f1_score(y_true, y_pred, labels=list(range(len(labels))), average="macro", zero_division=0)
+    assert out["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert out["f1"] == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_generation_matches_rouge_score_on_random_inputs(seed: int) -> None:
+    import random
+
+    from rouge_score import rouge_scorer
+
+    rng = random.Random(seed)
+    vocab = ["the", "Cat", "sat", "on", "mat", "dog", "ran,", "park!", "a", "new", "battery", "2024", "é"]
+    golds = [" ".join(rng.choices(vocab, k=rng.randint(0, 12))) for _ in range(20)]
+    preds = [" ".join(rng.choices(vocab, k=rng.randint(0, 12))) for _ in range(20)]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+    ref = [scorer.score(g.strip(), p.strip()) for g, p in zip(golds, preds, strict=True)]
+    out = generation_metrics(golds, preds)
+    assert out["rouge-1"] == pytest.approx(sum(r["rouge1"].fmeasure for r in ref) / len(ref))
+    assert out["rouge-L"] == pytest.approx(sum(r["rougeL"].fmeasure for r in ref) / len(ref))
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf", " infinity "])
+def test_rating_non_finite_prediction_is_worst_case(bad: str) -> None:
+    # gold 2 -> worst case 5 (error 3); gold 4 -> worst case 1 (error 3)
+    out = rating_metrics(["2", "4"], [bad, bad])
+    assert out == {"mae": pytest.approx(3.0), "rmse": pytest.approx(3.0)}
+
+
+def test_rating_non_finite_gold_raises() -> None:
+    with pytest.raises(ValueError, match="position 0 is not a finite number"):
+        rating_metrics(["nan"], ["3"])

@@ -4,6 +4,7 @@ train -> save -> load -> predict round trip, swap-history and explanations."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -145,3 +146,66 @@ def test_pplug_rag_puts_the_users_top_item_before_the_soft_tokens(synth, tiny_ba
     _, without = PPlugMethod(plain, Resources(None))._forward(qs, [q.profile for q in qs])
     assert with_rag.attention_mask.sum() > without.attention_mask.sum()
     assert len(method.predict(qs)) == 3
+
+
+def test_predict_uses_the_precomputed_vectors(synth, tiny_backbone_dir, tiny_bert_dir):
+    """Vectors given to `predict` (the server's stored embeddings) decide the aggregator weights; with a
+    dated profile out of file order and a cap, the rows used are those of the most recent items."""
+    cfg = tiny_config(synth["synth_topic"], tiny_backbone_dir, tiny_bert_dir, max_history=3)
+    cfg.task = "synth_topic"
+    method = PPlugMethod(cfg, Resources(None))
+    qs = [q for q in load_split(cfg.data, "test").questions if len(q.profile) > 3][:2]
+    dates = [f"2020-01-{d:02d}" for d in (5, 1, 9, 3, 7, 2, 8, 4, 6)]
+    for q in qs:
+        q.profile = [replace(it, date=dates[j % len(dates)]) for j, it in enumerate(q.profile)]
+    recent = [set(sorted(range(len(q.profile)), key=lambda j: q.profile[j].date)[-3:]) for q in qs]
+    vecs = [method.item_vectors(q.profile) for q in qs]
+    plain, given = method.predict(qs), method.predict(qs, vectors=vecs)
+    for q, keep, p in zip(qs, recent, given, strict=True):
+        assert {e["item_id"] for e in p.explanation} == {q.profile[j].id for j in keep}
+    assert [p.explanation for p in plain] == [p.explanation for p in given]
+    torch.manual_seed(3)
+    other = method.predict(qs, vectors=[torch.nn.functional.normalize(torch.randn_like(v), dim=-1) for v in vecs])
+    assert [p.explanation for p in other] != [p.explanation for p in given]  # fails if predict ignores vectors
+
+
+def test_swap_history_run_trains_and_selects_on_own_histories(synth, tiny_llama_dir, tiny_bert_dir, tmp_path,
+                                                              monkeypatch):
+    from pplug.config import config_from_spec
+    from pplug.methods import pplug as pplug_mod
+
+    cfg = config_from_spec("pplug:swap_history", synth["synth_topic"])
+    base = tiny_config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir)
+    cfg.backbone, cfg.encoder, cfg.train, cfg.decode.max_new_tokens = base.backbone, base.encoder, base.train, 4
+    calls = []
+    monkeypatch.setattr(pplug_mod, "swapped_profiles", lambda qs: calls.append(len(qs)) or [q.profile for q in qs])
+    report = train_run(cfg, tmp_path / "run", Resources(None))
+    assert report["best_dev"] is not None and calls == []  # dev selection ran, never on swapped histories
+    _, method = load_run(tmp_path / "run", Resources(None))
+    method.predict(load_split(cfg.data, "test").questions[:2])
+    assert calls == [2]  # prediction still swaps: the run asked for the diagnostic
+
+
+def test_loss_is_the_token_mean_over_the_batch(synth, tiny_backbone_dir, tiny_bert_dir):
+    """As the reference: one mean over every target token of the batch (not a mean of per-example means)."""
+    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    cfg.task = "synth_title"
+    method = PPlugMethod(cfg, Resources(None))
+    method.trainable.eval()
+    train = load_split(cfg.data, "train")
+    qs = train.questions[:2]
+    golds = [train.gold(qs[0]), train.gold(qs[1]) + " and a much longer tail of words than the first"]
+    batch = [Example(q, g) for q, g in zip(qs, golds, strict=True)]
+    with torch.no_grad():
+        _, built = method._forward(qs, [method._items(q.profile) for q in qs], golds)
+        token_mean = method.backbone.loss(built)  # the backbone's batch token mean
+        per_example = method.backbone.loss(built, reduction="none").mean()
+        loss = method._loss(batch)
+    assert loss.item() == pytest.approx(token_mean.item(), rel=1e-5)
+    assert abs(loss.item() - per_example.item()) > 1e-4  # the two averages differ here
+    method.class_weights = {golds[0]: 3.0}  # class weights scale each example's tokens
+    n = built.target_tokens()
+    nll = method.backbone.loss(built, reduction="none") * n
+    with torch.no_grad():
+        weighted = method._loss(batch)
+    assert weighted.item() == pytest.approx(((3 * nll[0] + nll[1]) / (3 * n[0] + n[1])).item(), rel=1e-5)

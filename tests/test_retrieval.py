@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from pplug.data.records import HistoryItem, Question
-from pplug.methods.baselines import RagPrompter, truncate_tokens
-from pplug.retrieval import BM25Retriever, DenseRetriever, RecencyRetriever, build_retriever, visible
+from pplug.methods.baselines import RagPrompter, fit_example, truncate_tokens
+from pplug.retrieval import (
+    BM25Retriever,
+    DenseRetriever,
+    RecencyRetriever,
+    build_retriever,
+    by_recency,
+    most_recent,
+    visible,
+)
 from pplug.tasks import get_task
 
 TASK = get_task("synth_title")
@@ -77,3 +85,33 @@ def test_each_item_is_truncated_to_its_token_share(tiny_tokenizer):
     long = "cat " * 200
     assert len(tiny_tokenizer(truncate_tokens(tiny_tokenizer, long, 10), add_special_tokens=False).input_ids) <= 10
     assert truncate_tokens(tiny_tokenizer, "short", 10) == "short"
+
+
+@pytest.mark.parametrize("task_name, fields, output", [
+    ("LaMP-2", {"description": "the cat sat on the mat " * 40, "tag": "dark comedy"}, '"dark comedy"'),
+    ("LaMP-2N", {"title": "cat news", "text": "the dog ran in the park " * 40, "category": "women"}, '"women"'),
+    ("LaMP-3", {"text": "the cat sat on the mat " * 40, "score": 4}, "4 is the score"),
+])
+def test_a_cut_example_keeps_its_output_field(tiny_tokenizer, task_name, fields, output):
+    task = get_task(task_name)
+    it = HistoryItem("h", fields)
+    shown = fit_example(task, it, tiny_tokenizer, 40)
+    assert output in shown and shown != task.render_example(it)
+    assert len(tiny_tokenizer(shown, add_special_tokens=False).input_ids) <= 44  # about the share
+    if task_name == "LaMP-2N":
+        assert "cat news" in shown  # a short field is kept whole; the long one gives way
+
+
+def test_an_example_without_other_fields_is_cut_whole(tiny_tokenizer):
+    task = get_task("LaMP-7")
+    shown = fit_example(task, HistoryItem("h", {"text": "the cat sat on the mat " * 40}), tiny_tokenizer, 20)
+    assert shown.startswith('"the cat') and len(tiny_tokenizer(shown, add_special_tokens=False).input_ids) <= 20
+
+
+def test_most_recent_by_date_else_file_order():
+    dated = [item(0, "a", "2021-05-01"), item(1, "b", "2019-01-01"), item(2, "c", "2022-01-01"),
+             item(3, "d", "2020-01-01")]
+    assert most_recent(dated, 2) == [0, 2]  # the two latest dates, in profile order (not the last two in the file)
+    undated = [item(i, "x", None) for i in range(4)]
+    assert most_recent(undated, 2) == [2, 3] and most_recent(undated, 0) == [0, 1, 2, 3]
+    assert by_recency(dated) == [1, 3, 0, 2]

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pplug.backbones import BackboneConfig
 from pplug.encoders import EncoderConfig
 from pplug.errors import PPlugError
-from pplug.plug import PlugConfig
+from pplug.plug import ABLATIONS, PlugConfig
+from pplug.retrieval import RETRIEVERS
 from pplug.training import TrainConfig
+
+
+class ConfigError(PPlugError):
+    """A config field has a value of the wrong type or out of range; the message names the field."""
 
 
 @dataclass
@@ -23,14 +31,6 @@ class DecodeConfig:
     classify: str = "generate"  # classification/rating: "generate" then parse, or "rank" the labels by likelihood
     label_prior: float | str = 0.0  # rank decoding: weight of the user's label prior (0 = LLM alone; "auto" = dev)
     prior_smoothing: float = 1.0  # Dirichlet smoothing of the user's label counts in the prior
-
-    def __post_init__(self) -> None:
-        if self.classify not in ("generate", "rank"):
-            raise ValueError(f"decode.classify must be 'generate' or 'rank', got '{self.classify}'")
-        if isinstance(self.label_prior, str) and self.label_prior != "auto":
-            raise ValueError(f"decode.label_prior must be a number >= 0 or 'auto', got '{self.label_prior}'")
-        if not isinstance(self.label_prior, str) and self.label_prior < 0:
-            raise ValueError(f"decode.label_prior must be >= 0, got {self.label_prior}")
 
     def new_tokens(self, kind: str) -> int:
         if self.max_new_tokens is not None:
@@ -45,16 +45,34 @@ class RetrievalConfig:
     item_tokens: int = 384  # token budget shared by the retrieved items (each gets budget // k)
 
 
+LORA_METHODS = ("task-lora", "task-lora-rag", "oppu", "oppu-rag")  # the methods whose training reads `lora`
+
+
 @dataclass
 class LoraConfig:
-    r: int = 8  # LoRA rank (OPPU: 8)
+    """The LoRA methods' adapters and optimization, with the defaults of OPPU's code (task_LoRA.py, OPPU.py).
+
+    The task stage (``task-lora``, OPPU's first stage) trains with ``task_*``, each per-user adapter
+    with ``user_*``; PPlug's ``train.epochs/lr/weight_decay/warmup/clip`` do not apply to them (``train``
+    still gives batch size, grad_accum, max_steps, limits, dev selection and seed).
+    """
+
+    r: int = 8  # LoRA rank of both stages (OPPU: 8)
     alpha: int = 8  # LoRA alpha (OPPU: 8)
     dropout: float = 0.05  # LoRA dropout
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "q", "v"])  # q/v (Llama + T5 names)
+    task_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "q", "k", "v"])
+    # ^ task stage: q/k/v (OPPU task_LoRA.py; Llama + T5 names)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "q", "v"])  # per-user: q/v (OPPU)
+    task_epochs: int = 3  # task stage epochs (OPPU: 3)
+    task_lr: float = 1e-4  # task stage peak lr, linear warmup then decay (OPPU: 1e-4)
+    task_weight_decay: float = 0.01  # task stage AdamW weight decay (OPPU: 0.01)
+    task_warmup: float = 0.1  # task stage warmup share (OPPU: 0.1)
+    task_clip: float = 0.3  # task stage max grad norm (OPPU: 0.3)
     user_epochs: int = 2  # OPPU: epochs of each per-user adapter
     user_lr: float = 1e-4  # OPPU: per-user learning rate
     user_weight_decay: float = 0.01  # OPPU: per-user weight decay
     user_warmup: float = 0.1  # OPPU: per-user warmup share
+    user_clip: float = 0.3  # OPPU: per-user max grad norm
     users: int | None = None  # OPPU: personalize only the first N test users (CPU cost); others use the task LoRA
 
 
@@ -82,7 +100,109 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise PPlugError(f"{path}: run config not found (is this a run folder made by `pplug train`?)")
-        return from_dict(cls, json.loads(path.read_text()))
+        try:
+            return validate(from_dict(cls, json.loads(path.read_text())))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+# ---- validation: types from the dataclasses' annotations, values from the rules below ------------------
+Check = Callable[[Any], "str | None"]  # a value -> None when valid, else what is wrong with it
+
+
+def one_of(*options: Any) -> Check:
+    return lambda v: None if v in options else f"{v!r} is not one of {list(options)}"
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v is None or v >= low else f"{v!r} is below the minimum {low}"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if v is None or v > low else f"{v!r} must be greater than {low}"
+
+
+def between(low: float, high: float) -> Check:
+    return lambda v: None if v is None or low <= v <= high else f"{v!r} is outside [{low}, {high}]"
+
+
+def prior_weight(v: Any) -> str | None:
+    if v == "auto" or (not isinstance(v, str) and v >= 0):
+        return None
+    return f"{v!r} must be a number >= 0 or 'auto'"
+
+
+def non_empty(v: Any) -> str | None:
+    return None if len(v) else "must not be empty"
+
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule; every field is also type-checked
+    "backbone": {"name_or_path": non_empty, "max_prompt_tokens": at_least(1), "max_target_tokens": at_least(1),
+                 "dtype": one_of(*DTYPES)},
+    "encoder": {"name_or_path": non_empty, "max_length": at_least(1), "batch_size": at_least(1),
+                "pooling": one_of(None, "mean", "cls")},
+    "plug": {"n_persona_tokens": at_least(1), "ablation": one_of(*ABLATIONS), "top_k": at_least(1),
+             "temperature": above(0), "gain_init": above(0), "max_history": at_least(0)},
+    "train": {"epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup": between(0, 1),
+              "batch_size": at_least(1), "grad_accum": at_least(1), "clip": at_least(0), "max_steps": at_least(1),
+              "limit": at_least(0), "dev_limit": at_least(0), "augment_copies": at_least(0),
+              "augment_max_drop": between(0.01, 1)},
+    "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
+               "classify": one_of("generate", "rank"), "label_prior": prior_weight,
+               "prior_smoothing": at_least(0)},
+    "retrieval": {"retriever": one_of(*RETRIEVERS), "k": at_least(0), "item_tokens": at_least(1)},
+    "lora": {"r": at_least(1), "alpha": above(0), "dropout": between(0, 1), "task_target_modules": non_empty,
+             "target_modules": non_empty, "task_epochs": at_least(1), "task_lr": above(0),
+             "task_weight_decay": at_least(0), "task_warmup": between(0, 1), "task_clip": at_least(0),
+             "user_epochs": at_least(1), "user_lr": above(0), "user_weight_decay": at_least(0),
+             "user_warmup": between(0, 1), "user_clip": at_least(0), "users": at_least(0)},
+}
+
+
+def type_error(value: Any, hint: Any) -> str | None:
+    """None when ``value`` fits the annotation ``hint`` (int, float, bool, str, X | None, list[X]), else why not."""
+    if hint is Any:
+        return None
+    if get_origin(hint) in (Union, UnionType):
+        errors = [type_error(value, h) for h in get_args(hint)]
+        return None if None in errors else errors[0]
+    if hint is type(None):
+        return None if value is None else f"{value!r} is not null"
+    if get_origin(hint) is list:
+        (item,) = get_args(hint) or (Any,)
+        if not isinstance(value, list) or any(type_error(v, item) for v in value):
+            return f"{value!r} is not a list of {getattr(item, '__name__', item)}"
+        return None
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+          str: lambda v: isinstance(v, str)}.get(hint, lambda v: isinstance(v, hint))
+    article = "an" if hint.__name__[0] in "aeiou" else "a"
+    return None if ok(value) else f"{value!r} is not {article} {hint.__name__}"
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check every field's type and every rule of `RULES`; the error names the field.
+
+    Raises:
+        ConfigError: e.g. ``decode.classify: 'rnak' is not one of ['generate', 'rank']``.
+    """
+    top = get_type_hints(RunConfig)
+    for f in fields(config):
+        section = getattr(config, f.name)
+        if not is_dataclass(section):  # method, task, data
+            if problem := type_error(section, top[f.name]):
+                raise ConfigError(f"{f.name}: {problem}")
+            continue
+        hints, rules = get_type_hints(type(section)), RULES.get(f.name, {})
+        for sub in fields(section):
+            value = getattr(section, sub.name)
+            problem = type_error(value, hints[sub.name])
+            if problem is None and sub.name in rules:
+                problem = rules[sub.name](value)
+            if problem:
+                raise ConfigError(f"{f.name}.{sub.name}: {problem}")
+    return config
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -111,11 +231,25 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         target = getattr(target, p)
     if not hasattr(target, parts[-1]):
         raise PPlugError(f"--set {path}: unknown field '{parts[-1]}' in {type(target).__name__}")
+    setattr(target, parts[-1], parse_value(raw, get_type_hints(type(target)).get(parts[-1], Any)))
+
+
+def parse_value(raw: str, hint: Any) -> Any:
+    """An override's value: JSON (``4``, ``1e-4``, ``null``, ``true``, ``["q", "v"]``), else the raw text; a
+    ``str`` field keeps the raw text, an int fills a ``float`` field, ``a,b`` fills a ``list[str]`` field."""
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    setattr(target, parts[-1], value)
+    allowed = set(get_args(hint)) if get_origin(hint) in (Union, UnionType) else {hint}
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if str in allowed and not isinstance(value, str) and value is not None and not (numeric and float in allowed):
+        return raw  # a text field keeps the raw text (a `float | str` field takes numbers as numbers)
+    if float in allowed and int not in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if list[str] in allowed and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
 
 
 def config_from_spec(spec: str, data: str, overrides: list[str] | None = None) -> RunConfig:
@@ -124,8 +258,6 @@ def config_from_spec(spec: str, data: str, overrides: list[str] | None = None) -
     ``variant`` is a PPlug ablation (``pplug:no_persona``) or ``swap_history``; the ``@`` part sets
     fields for this method only (e.g. ``pplug@plug.n_persona_tokens=4``); ``overrides`` apply first.
     """
-    from pplug.plug import ABLATIONS
-
     head, _, sets = spec.partition("@")
     name, _, variant = head.partition(":")
     cfg = RunConfig(method=name, data=str(data))
@@ -137,6 +269,4 @@ def config_from_spec(spec: str, data: str, overrides: list[str] | None = None) -
         raise PPlugError(f"unknown variant '{variant}' in '{spec}': use one of {ABLATIONS + ('swap_history',)}")
     for o in [*(overrides or []), *(s for s in sets.split(",") if s)]:
         apply_override(cfg, o)
-    cfg.plug.__post_init__()
-    cfg.decode.__post_init__()
-    return cfg
+    return validate(cfg)

@@ -82,7 +82,8 @@ def classification_metrics(
 def rating_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
     """MAE and RMSE for 1-5 ratings with the official fallback for unparsable predictions.
 
-    An unparsable prediction becomes 1.0 if ``abs(1 - gold) > abs(5 - gold)`` else 5.0 (the farther end).
+    An unparsable prediction (not a number, or a non-finite one such as "nan" or "inf") becomes 1.0 if
+    ``abs(1 - gold) > abs(5 - gold)`` else 5.0 (the farther end).
 
     Args:
         golds: Reference ratings as strings; each must parse as a float.
@@ -98,9 +99,13 @@ def rating_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, floa
             g = float(str(gold).strip())
         except ValueError:
             raise ValueError(f"gold rating {gold!r} at position {pos} is not a number") from None
+        if not math.isfinite(g):
+            raise ValueError(f"gold rating {gold!r} at position {pos} is not a finite number")
         try:
             p = float(str(pred).strip())
         except ValueError:
+            p = math.nan
+        if not math.isfinite(p):  # "nan", "inf": unparsable, like text (the official scorer raises on them)
             p = 1.0 if abs(1 - g) > abs(5 - g) else 5.0
         errors.append(p - g)
     err = np.asarray(errors, dtype=float)

@@ -33,7 +33,7 @@ class PlugConfig:
     learn_gain: bool = True  # a learnable scalar gain on that norm (per soft-token slot)
     gain_init: float = 1.0  # initial gain: soft-token norm = gain * mean token norm (the learned gain barely moves)
     train_input_encoder: bool = True  # fine-tune the input encoder (paper) or keep it frozen
-    max_history: int = 64  # at most this many most recent items per user enter the aggregator
+    max_history: int = 64  # items entering the aggregator: the most recent by date (file order if undated); 0 = all
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:

@@ -29,6 +29,22 @@ def visible(profile: list[HistoryItem], before: str | None) -> list[HistoryItem]
     return [it for it in profile if it.date is not None and it.date < before]
 
 
+def by_recency(profile: list[HistoryItem]) -> list[int]:
+    """Indices of the profile from oldest to newest: by date when every item has one (ties keep file
+    order), else file order (official LaMP profiles are not sorted by date)."""
+    order = list(range(len(profile)))
+    if all(it.date is not None for it in profile):
+        order.sort(key=lambda i: profile[i].date)  # type: ignore[arg-type,return-value]
+    return order
+
+
+def most_recent(profile: list[HistoryItem], n: int | None) -> list[int]:
+    """Indices of the ``n`` most recent items (see `by_recency`), in profile order; all when n is falsy."""
+    if not n or len(profile) <= n:
+        return list(range(len(profile)))
+    return sorted(by_recency(profile)[-n:])
+
+
 class Retriever(Protocol):
     def retrieve(self, query: str, profile: list[HistoryItem], k: int,
                  before: str | None = None) -> list[HistoryItem]: ...
@@ -79,9 +95,7 @@ class RecencyRetriever:
     def retrieve(self, query: str, profile: list[HistoryItem], k: int,
                  before: str | None = None) -> list[HistoryItem]:
         items = visible(profile, before)
-        if all(it.date is not None for it in items):
-            items = sorted(items, key=lambda it: it.date)  # stable: keeps file order on equal dates
-        return list(reversed(items))[:k] if k > 0 else []
+        return [items[i] for i in reversed(by_recency(items))][:k] if k > 0 else []
 
 
 RETRIEVERS = ("bm25", "dense", "recency")

@@ -61,6 +61,18 @@ class Task:
         pos = text.rfind(self.query_marker)
         return text[pos + len(self.query_marker):].strip() if pos >= 0 else text.strip()
 
+    def body_start(self, text: str) -> int:
+        """Where the body (the query part) of a prompt text starts: right after the last ``query_marker``.
+
+        What comes before (retrieved examples, the instruction, a label list) is the head that
+        truncation keeps (see ``PromptParts``). 0 (all body, cut from the right) when there is no marker
+        or it is LaMP-1's quote marker.
+        """
+        if self.query_marker is None or self.query_marker == '"':
+            return 0
+        pos = text.rfind(self.query_marker)
+        return pos + len(self.query_marker) if pos >= 0 else 0
+
     def render_item(self, item: HistoryItem) -> str:
         return self.item_text.format(**item.fields).strip()
 

@@ -19,17 +19,23 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 @dataclass
 class BackboneConfig:
     name_or_path: str = "smollm2-135m"  # bundled default (see loading.py) or a local HF folder
-    max_prompt_tokens: int = 512  # prompt length cap; the text part is cut from the left to fit
+    max_prompt_tokens: int = 512  # prompt length cap; the text's body is cut from the right to fit (as LaMP does)
     max_target_tokens: int = 64  # target length cap incl. EOS; a cut target gets no EOS
     dtype: str = "float32"  # torch dtype name of the loaded weights: float32, bfloat16, float16
 
 
 @dataclass
 class PromptParts:
-    """One example's input, in order: ``[prefix][soft tokens][text]``."""
+    """One example's input, in order: ``[prefix][soft tokens][text]``.
+
+    ``text[:body_start]`` is its head (retrieved examples, the task instruction and label list) and
+    ``text[body_start:]`` its body (the query, e.g. the abstract): an over-long prompt loses the end of
+    the body first (``Task.body_start`` finds the split).
+    """
 
     text: str  # the user-turn text (task input, possibly with retrieved examples)
     prefix: str = ""  # text placed BEFORE the soft tokens (PPlug+RAG: the top retrieved item)
+    body_start: int = 0  # character offset in `text` where the body starts (0: all of it is body)
 
 
 @dataclass
@@ -45,6 +51,12 @@ class Batch:
 
     def __len__(self) -> int:
         return self.inputs_embeds.shape[0]
+
+    def target_tokens(self) -> Tensor:
+        """[b] float: the labelled (target + EOS) tokens per example, the weights of a token-level mean."""
+        if self.labels is None:
+            raise ValueError("a batch built without targets has no target tokens")
+        return (self.labels != -100).sum(-1).float()
 
 
 @runtime_checkable
@@ -164,8 +176,8 @@ class BackboneBase:
 
         Masked-out soft tokens are dropped rather than kept with attention 0, so a masked-out soft
         token gives exactly the input of no soft token for every position scheme (rotary, learned,
-        T5 relative buckets). The text is cut from the left (the prefix from the right, down to half
-        the room) so that the prompt fits `max_prompt_tokens`.
+        T5 relative buckets). An over-long prompt is cut to fit `max_prompt_tokens` as `_fit` says: the
+        end of the body first, so the instruction and label list at the start of the input stay.
 
         Args:
             parts: b prompts.
@@ -191,7 +203,12 @@ class BackboneBase:
         for i, part in enumerate(parts):
             keep = list(range(k)) if soft_mask is None else soft_mask[i].nonzero().flatten().tolist()
             room = max(self.config.max_prompt_tokens - len(before) - len(after) - len(keep), 0)
-            prefix, text = _fit(self._ids(part.prefix), self._ids(part.text), room)
+            prefix, text = self._ids(part.prefix), self._ids(part.text)
+            if len(prefix) + len(text) > room and part.body_start > 0:  # split only when a cut is needed
+                text = self._ids(part.text[: part.body_start])
+                prefix, text = _fit(prefix, text, self._ids(part.text[part.body_start:]), room)
+            else:
+                prefix, text = _fit(prefix, [], text, room)
             head, tail = before + prefix, text + after
             ids = head + [self.pad_id] * len(keep) + tail
             emb = self._embed(ids)
@@ -251,13 +268,21 @@ class BackboneBase:
         return ids.repeat(b, 1), labels.repeat(b, 1)  # row i * n + j = example i, option j
 
 
-def _fit(prefix: list[int], text: list[int], room: int) -> tuple[list[int], list[int]]:
-    """Cut text from the left (then prefix from the right, keeping up to half the room) to fit `room`."""
-    if len(prefix) + len(text) <= room:
-        return prefix, text
-    keep_prefix = min(len(prefix), max(room // 2, room - len(text)))
-    keep_text = room - keep_prefix
-    return prefix[:keep_prefix], (text[len(text) - keep_text:] if keep_text > 0 else [])
+def _fit(prefix: list[int], head: list[int], body: list[int], room: int) -> tuple[list[int], list[int]]:
+    """Cut ``[prefix][head][body]`` to ``room`` tokens; returns (prefix, head + body).
+
+    The prefix keeps at least half the room (all it needs when the text is short); the text gets the rest,
+    cut at the end of the body first (LaMP's official code truncates inputs on the right), and only when
+    the body is gone, at the start of the head (retrieved examples go before the instruction).
+    """
+    text_len = len(head) + len(body)
+    if len(prefix) + text_len <= room:
+        return prefix, head + body
+    keep_prefix = min(len(prefix), max(room // 2, room - text_len))
+    text_room = room - keep_prefix
+    keep_body = min(len(body), max(text_room - len(head), 0))
+    keep_head = text_room - keep_body
+    return prefix[:keep_prefix], head[len(head) - keep_head:] + body[:keep_body]
 
 
 def _first_id(*candidates: int | list[int] | None) -> int | None:

@@ -17,13 +17,16 @@ def build_config(method: str, data: Path, task: str | None, backbone: str | None
                  limit: int | None, dev_limit: int | None, seed: int | None, persona_tokens: int | None,
                  augment_copies: int | None, class_balanced: bool | None, train_input_encoder: bool | None,
                  k: int | None, retriever: str | None, users: int | None, overrides: list[str] | None):
-    """A RunConfig from CLI flags (``method`` is a spec: ``pplug:no_persona``, ``pplug@plug.top_k=2``)."""
-    from pplug.config import config_from_spec
+    """A RunConfig from CLI flags (``method`` is a spec: ``pplug:no_persona``, ``pplug@plug.top_k=2``).
+
+    ``--epochs``/``--lr`` set ``train.*`` for PPlug and ``lora.task_*`` for the LoRA methods."""
+    from pplug.config import LORA_METHODS, config_from_spec, validate
 
     cfg = config_from_spec(method, str(data))
     cfg.task = task or ""
+    optim, prefix = (cfg.lora, "task_") if cfg.method in LORA_METHODS else (cfg.train, "")
     pairs = [(cfg.backbone, "name_or_path", backbone), (cfg.encoder, "name_or_path", encoder),
-             (cfg.train, "epochs", epochs), (cfg.train, "lr", lr), (cfg.train, "batch_size", batch_size),
+             (optim, f"{prefix}epochs", epochs), (optim, f"{prefix}lr", lr), (cfg.train, "batch_size", batch_size),
              (cfg.train, "max_steps", max_steps), (cfg.train, "limit", limit), (cfg.train, "dev_limit", dev_limit),
              (cfg.train, "seed", seed), (cfg.plug, "n_persona_tokens", persona_tokens),
              (cfg.train, "augment_copies", augment_copies), (cfg.train, "class_balanced", class_balanced),
@@ -37,8 +40,7 @@ def build_config(method: str, data: Path, task: str | None, backbone: str | None
 
         for o in overrides:
             apply_override(cfg, o)
-    cfg.plug.__post_init__()
-    return cfg
+    return validate(cfg)
 
 
 def train(
@@ -48,8 +50,8 @@ def train(
     task: Annotated[str | None, Opt(help="Task name (default: inferred from the data folder).")] = None,
     backbone: Annotated[str | None, Opt(help="Backbone: 'smollm2-135m' (bundled) or a local HF folder.")] = None,
     encoder: Annotated[str | None, Opt(help="Encoder: 'all-minilm-l6-v2' (bundled) or a local folder.")] = None,
-    epochs: Annotated[int | None, Opt(help="Training epochs.")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    epochs: Annotated[int | None, Opt(help="Training epochs (LoRA methods: of the task stage).")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (LoRA methods: of the task stage).")] = None,
     batch_size: Annotated[int | None, Opt(help="Examples per micro-batch.")] = None,
     max_steps: Annotated[int | None, Opt(help="Stop after N optimizer steps (quick runs).")] = None,
     limit: Annotated[int | None, Opt(help="Use only the first N train questions.")] = None,

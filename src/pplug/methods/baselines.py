@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,36 @@ def truncate_tokens(tokenizer, text: str, n: int) -> str:
     return text if len(ids) <= n else tokenizer.decode(ids[:n], skip_special_tokens=True)
 
 
+def fit_example(task: Task, item: HistoryItem, tokenizer, n: int) -> str:
+    """A retrieved item rendered as an example in about ``n`` tokens, its output field (tag, title, score)
+    never cut: only the other text fields are cut from their end, the longest first (LaMP-2's label comes
+    last, so cutting the rendered example would drop it). With no other field (LaMP-7's tweet), the text is
+    cut as a whole.
+    """
+    shown = task.render_example(item)
+    if len(tokenizer(shown, add_special_tokens=False).input_ids) <= n:
+        return shown
+    names = [f for f in dict.fromkeys(re.findall(r"{(\w+)", task.item_example))
+             if f != task.pair_output and isinstance(item.fields.get(f), str)]
+    if not names:
+        return truncate_tokens(tokenizer, shown, n)
+    fixed = task.item_example.format(**{**item.fields, **{f: "" for f in names}})
+    room = max(0, n - len(tokenizer(fixed, add_special_tokens=False).input_ids))
+    lengths = [len(tokenizer(item.fields[f], add_special_tokens=False).input_ids) for f in names]
+    budget = _water_fill(lengths, room)
+    cut = {f: truncate_tokens(tokenizer, item.fields[f], b) if b else "" for f, b in zip(names, budget, strict=True)}
+    return task.item_example.format(**{**item.fields, **cut}).strip()
+
+
+def _water_fill(lengths: list[int], room: int) -> list[int]:
+    """Token budgets per field summing to at most ``room``: short fields keep all, long ones share the rest."""
+    budget, left, todo = [0] * len(lengths), room, sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for j, i in enumerate(todo):
+        budget[i] = min(lengths[i], left // (len(todo) - j))
+        left -= budget[i]
+    return budget
+
+
 class RagPrompter:
     """Builds the user-turn text: the k retrieved items of the user's own profile, then the input."""
 
@@ -37,7 +68,7 @@ class RagPrompter:
         if self.retriever is None or self.k <= 0:
             return self.task.prompt(question.input)
         items = self.retriever.retrieve(self.task.query(question.input), question.profile, self.k, before)
-        shown = [truncate_tokens(self.tokenizer, self.task.render_example(it), self.per_item) for it in items]
+        shown = [fit_example(self.task, it, self.tokenizer, self.per_item) for it in items]
         return self.task.prompt(question.input, shown)
 
 
@@ -70,7 +101,7 @@ def generate_predictions(backbone, task: Task, questions: Sequence[Question], te
     with torch.no_grad():
         for i in range(0, len(questions), decode.batch_size):
             qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
-            built = backbone.build([PromptParts(text=t) for t in ts])
+            built = backbone.build([PromptParts(text=t, body_start=task.body_start(t)) for t in ts])
             label_scores: list[list[float]] = []
             raws, outs = decode_outputs(backbone, task, built, decode, [q.profile for q in qs], label_scores)
             n_tokens = built.attention_mask.sum(dim=1).tolist()

@@ -5,12 +5,16 @@
 epoch kept, saved under ``run_dir/task_lora/``.
 
 ``oppu`` / ``oppu-rag`` (One PEFT Per User): the task LoRA above, merged into the backbone, then per
-user a fresh LoRA trained only on that user's own history items (``Task.item_pair``), loss on the
-output only, saved under ``run_dir/users/<user>/``. Test users are unknown at fit time, so users are
-onboarded lazily in ``predict``. Leakage rule: a user's adapter sees only the items present in EVERY
+user a fresh LoRA trained only on that user's own history items (``Task.item_pair``; LaMP-7-style
+tasks: language modelling on her own text, see `language_modelling`), loss on the output only, saved
+under ``run_dir/users/<user>/``. Test users are unknown at fit time, so users are onboarded lazily in
+``predict``. Leakage rule: a user's adapter sees only the items present in EVERY
 one of her questions' profiles, so no question's own gold (which joins her later profiles) is seen.
 ``oppu-rag`` trains with the top-1 item strictly older than the trained item and predicts with the
 top-k of the whole profile.
+
+Optimization follows OPPU's code, not PPlug's ``train`` settings: the task stage uses ``lora.task_*``
+(3 epochs, lr 1e-4, q/k/v, clip 0.3), each user ``lora.user_*`` (2 epochs, lr 1e-4, q/v, clip 0.3).
 
 peft injects layers in place, so every instance loads its own backbone (never a shared one).
 """
@@ -23,6 +27,7 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from pplug.backbones import Backbone, PromptParts, load_backbone
-from pplug.config import LoraConfig, RunConfig
+from pplug.config import LORA_METHODS, LoraConfig, RunConfig
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.errors import PPlugError
 from pplug.methods.base import Prediction, register_method
@@ -66,20 +71,22 @@ def target_modules(model: torch.nn.Module, wanted: Sequence[str]) -> list[str]:
     return kept
 
 
-def attach_lora(model: torch.nn.Module, cfg: LoraConfig, seed: int) -> peft.PeftModel:
+def attach_lora(model: torch.nn.Module, cfg: LoraConfig, seed: int, targets: Sequence[str] | None = None,
+                ) -> peft.PeftModel:
     """Inject a fresh LoRA (A random, B = 0: the model's outputs are unchanged) into ``model`` in place.
 
     Args:
         model: a frozen HF model (modified in place; ``unload`` / ``merge_and_unload`` restore it).
-        cfg: rank, alpha, dropout and target module names.
+        cfg: rank, alpha, dropout and (per-user) target module names.
         seed: seeds the A initialization.
+        targets: target module names instead of ``cfg.target_modules`` (the task stage's q/k/v).
 
     Returns:
         the peft wrapper; only the LoRA parameters require grad.
     """
     set_seed(seed)
     pcfg = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                           target_modules=target_modules(model, cfg.target_modules))
+                           target_modules=target_modules(model, targets or cfg.target_modules))
     wrapped = quiet(peft.get_peft_model, model, pcfg)
     wrapped.eval()
     return wrapped
@@ -96,9 +103,11 @@ def n_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def pairs_loss(backbone: Backbone, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-    """Token-mean NLL of the outputs given the prompts (loss on the output tokens only)."""
-    built = backbone.build([PromptParts(text=t) for t, _ in pairs], targets=[g for _, g in pairs])
+def pairs_loss(backbone: Backbone, pairs: Sequence[tuple[str, str]], task: Task | None = None) -> torch.Tensor:
+    """Token-mean NLL of the outputs given the prompts (loss on the output tokens only; ``task`` tells
+    truncation where each prompt's body starts)."""
+    parts = [PromptParts(text=t, body_start=task.body_start(t) if task else 0) for t, _ in pairs]
+    built = backbone.build(parts, targets=[g for _, g in pairs])
     return backbone.loss(built)
 
 
@@ -115,9 +124,19 @@ def user_items(questions: Sequence[Question]) -> list[HistoryItem]:
     return [it for it in questions[0].profile if it.id in common]
 
 
+def language_modelling(task: Task) -> bool:
+    """True when an item's task pair would show its own output in the input (LaMP-7: "Paraphrase ...: X"
+    -> "X"): such pairs teach copying, so OPPU trains the user's adapter by language modelling on her
+    own text instead (an empty prompt, loss on the text)."""
+    return task.pair_output in re.findall(r"{(\w+)", task.pair_input)
+
+
 def user_examples(task: Task, questions: Sequence[Question], prompter: RagPrompter | None = None,
                   ) -> list[tuple[str, str]]:
     """One user's OPPU training pairs (prompt, output) from her leak-free items (see `user_items`).
+
+    Language-modelling tasks (see `language_modelling`) give ("", her text) per item, with no retrieved
+    item (OPPU's code does the same for LaMP-7).
 
     Args:
         task: turns an item into a task example (``Task.item_pair``).
@@ -132,6 +151,8 @@ def user_examples(task: Task, questions: Sequence[Question], prompter: RagPrompt
     if len(keys) > 1:
         raise ValueError(f"user_examples takes the questions of one user, got users {sorted(keys)}")
     items = user_items(questions)
+    if language_modelling(task):
+        return [("", task.item_pair(item)[1]) for item in items]
     out = []
     for j, item in enumerate(items):
         text, gold = task.item_pair(item)
@@ -206,14 +227,14 @@ class LoraMethod:
     # ---- task stage -------------------------------------------------------------------------------
     def fit(self, train: Split, dev: Split | None, run_dir: Path) -> dict[str, Any]:
         """Train the task LoRA on all training questions, keep the best dev epoch, save it (OPPU: merge)."""
-        cfg, run_dir = self.config.train, Path(run_dir)
+        cfg, run_dir = self.task_train_config(), Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self._fresh_backbone()
         self.run_dir, task_dir = run_dir, run_dir / TASK_DIR
         train = train.limit(cfg.limit)
         dev = dev.limit(cfg.dev_limit) if dev is not None else None
         examples = [(self.prompter.text(q), train.gold(q)) for q in train.questions]
-        adapter = attach_lora(self.backbone.model, self.config.lora, cfg.seed)
+        adapter = attach_lora(self.backbone.model, self.config.lora, cfg.seed, self.config.lora.task_target_modules)
         self.adapter, self.state = adapter, "task"
         metric = MAIN_METRIC[self.task.kind]
 
@@ -223,8 +244,8 @@ class LoraMethod:
 
         with torch.enable_grad():
             result = train_loop(
-                [p for p in adapter.parameters() if p.requires_grad], lambda b: pairs_loss(self.backbone, b),
-                examples, cfg, evaluate=evaluate if dev is not None and dev.golds else None,
+                [p for p in adapter.parameters() if p.requires_grad], lambda b: pairs_loss(self.backbone, b, self.task),
+                examples, cfg, evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
                 higher_is_better=HIGHER_IS_BETTER[metric],
                 on_best=lambda: adapter.save_pretrained(str(task_dir)),
                 checkpoint=run_dir / "checkpoint" / "task_lora.pt",
@@ -312,11 +333,18 @@ class LoraMethod:
             return (sum(secs) / len(secs) if secs else 0.0), 0
         return (sum(secs) / len(secs) if secs else 0.0), int(sum(sizes.values()) / len(sizes))
 
+    def task_train_config(self) -> TrainConfig:
+        """The task stage's optimization: ``lora.task_*`` (OPPU: 3 epochs, lr 1e-4, wd 0.01, warmup 10%,
+        clip 0.3) with the run's batch size, limits, dev selection and seed from ``train``."""
+        lc = self.config.lora
+        return replace(self.config.train, epochs=lc.task_epochs, lr=lc.task_lr, weight_decay=lc.task_weight_decay,
+                       warmup=lc.task_warmup, clip=lc.task_clip, augment_copies=0, class_balanced=False)
+
     def user_train_config(self) -> TrainConfig:
-        """The per-user optimization settings (OPPU: 2 epochs, lr 1e-4, wd 0.01, warmup 10%)."""
+        """The per-user optimization settings (OPPU: 2 epochs, lr 1e-4, wd 0.01, warmup 10%, clip 0.3)."""
         lc, tc = self.config.lora, self.config.train
         return TrainConfig(epochs=lc.user_epochs, lr=lc.user_lr, weight_decay=lc.user_weight_decay,
-                           warmup=lc.user_warmup, batch_size=tc.batch_size, grad_accum=1, clip=tc.clip,
+                           warmup=lc.user_warmup, batch_size=tc.batch_size, grad_accum=1, clip=lc.user_clip,
                            max_steps=tc.max_steps, seed=tc.seed, augment_copies=0, progress=False)
 
     def _user_adapter(self, user: str, questions: list[Question]) -> tuple[peft.PeftModel | None, dict]:
@@ -344,7 +372,7 @@ class LoraMethod:
         try:
             with torch.enable_grad():
                 train_loop([p for p in adapter.parameters() if p.requires_grad],
-                           lambda b: pairs_loss(self.backbone, b), examples, cfg, train_mode=adapter.train,
+                           lambda b: pairs_loss(self.backbone, b, self.task), examples, cfg, train_mode=adapter.train,
                            desc=f"{self.name}:user")
             adapter.eval()
             adapter.save_pretrained(str(folder))
@@ -369,6 +397,5 @@ def _builder(per_user: bool, rag: bool):
     return build
 
 
-for _name, _per_user, _rag in (("task-lora", False, False), ("task-lora-rag", False, True),
-                               ("oppu", True, False), ("oppu-rag", True, True)):
-    register_method(_name)(_builder(_per_user, _rag))
+for _name in LORA_METHODS:
+    register_method(_name)(_builder(per_user=_name.startswith("oppu"), rag=_name.endswith("-rag")))

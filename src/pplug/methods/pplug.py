@@ -6,7 +6,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from pplug.methods.baselines import decode_outputs
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.plug import PersonaPlug, PlugOutput
 from pplug.resources import Resources
+from pplug.retrieval import most_recent
 from pplug.scoring import score_predictions
 from pplug.tasks import get_task
 from pplug.training import set_seed, train_loop
@@ -86,7 +87,9 @@ class PPlugMethod:
 
     # ---- features -------------------------------------------------------------------------------
     def _items(self, profile: list[HistoryItem], keep: tuple[int, ...] | None = None) -> list[HistoryItem]:
-        items = profile[-self.config.plug.max_history:] if self.config.plug.max_history else profile
+        """The items that enter the aggregator: the ``plug.max_history`` most recent by date (see
+        `most_recent`), then those ``keep`` (augmentation) picks among them."""
+        items = [profile[i] for i in most_recent(profile, self.config.plug.max_history)]
         return items if keep is None else [items[i] for i in keep]
 
     def item_vectors(self, items: list[HistoryItem]) -> torch.Tensor:
@@ -131,8 +134,9 @@ class PPlugMethod:
         hist, mask = self._history(profiles, vectors)
         query = self._queries(questions) if self.config.plug.use_persona else None
         out = self.plug(query, hist, mask)
-        parts = [PromptParts(text=self.task.prompt(q.input), prefix=pre)
-                 for q, pre in zip(questions, self._prefixes(questions, profiles), strict=True)]
+        texts = [self.task.prompt(q.input) for q in questions]
+        parts = [PromptParts(text=t, prefix=pre, body_start=self.task.body_start(t))
+                 for t, pre in zip(texts, self._prefixes(questions, profiles), strict=True)]
         return out, self.backbone.build(parts, out.soft, out.soft_mask, targets)
 
     def prime(self, questions: Sequence[Question]) -> None:
@@ -143,14 +147,17 @@ class PPlugMethod:
 
     # ---- training ---------------------------------------------------------------------------------
     def _loss(self, batch: list[Example]) -> torch.Tensor:
+        """Cross-entropy averaged over all target tokens of the batch, as the reference code (HF Trainer,
+        T5's token-mean loss): every target token weighs the same, so a long title counts more than a
+        one-token label, not each example equally. Class weights scale each example's tokens."""
         qs = [ex.question for ex in batch]
         profiles = [self._items(ex.question.profile, ex.keep) for ex in batch]
         _, built = self._forward(qs, profiles, [ex.gold for ex in batch])
-        losses = self.backbone.loss(built, reduction="none")  # [b]
+        losses = self.backbone.loss(built, reduction="none")  # [b] per-example token means
+        w = built.target_tokens().to(losses.device)  # [b]
         if self.class_weights:
-            w = torch.tensor([self.class_weights.get(ex.gold, 1.0) for ex in batch])
-            return (losses * w).sum() / w.sum()
-        return losses.mean()
+            w = w * torch.tensor([self.class_weights.get(ex.gold, 1.0) for ex in batch], device=w.device)
+        return (losses * w).sum() / w.sum().clamp(min=1)
 
     def fit(self, train: Split, dev: Split | None, run_dir: Path) -> dict[str, Any]:
         cfg = self.config.train
@@ -166,8 +173,12 @@ class PPlugMethod:
         examples = augment(examples, n_items, cfg.augment_copies, cfg.augment_max_drop, cfg.seed)
         metric = MAIN_METRIC[self.task.kind]
 
-        def evaluate() -> float:
-            preds = {p.id: p.output for p in self.predict(dev.questions)}
+        def evaluate() -> float:  # epoch selection always sees the users' own histories (swap is a diagnostic)
+            decode, self.config.decode = self.config.decode, replace(self.config.decode, swap_history=False)
+            try:
+                preds = {p.id: p.output for p in self.predict(dev.questions)}
+            finally:
+                self.config.decode = decode
             return score_predictions(self.task, dev.golds, preds)[metric]
 
         result = train_loop(
@@ -232,9 +243,9 @@ class PPlugMethod:
             qs = list(questions[i:i + dec.batch_size])
             profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
             vecs = None
-            if vectors is not None:
-                vecs = [v[-len(p):] if p else v[:0] for v, p in zip(vectors[i:i + dec.batch_size], profiles,
-                                                                     strict=True)]
+            if vectors is not None:  # the same items as `_items` picks (no swap: the server never swaps)
+                vecs = [v[most_recent(q.profile, self.config.plug.max_history)] for v, q in
+                        zip(vectors[i:i + dec.batch_size], qs, strict=True)]
             out, built = self._forward(qs, profiles, vectors=vecs)
             label_scores: list[list[float]] = []
             raws, outs = decode_outputs(self.backbone, self.task, built, dec, all_profiles[i:i + dec.batch_size],
