@@ -196,6 +196,7 @@ def _shot(driver, name: str, width: int = 1280) -> Path:
     """A full-page screenshot (the window grown to the page height) under test-artifacts/playground/."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     driver.set_window_size(width, 1000)
+    driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(width, min(max(height + 120, 600), 6000))
     path = ARTIFACTS / f"{name}.png"

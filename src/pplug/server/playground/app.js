@@ -296,7 +296,7 @@ function currentTask() {
 
 function renderItemFields() {
   const task = currentTask();
-  $("item-task").textContent = task ? task.name : "?";
+  $("item-task").textContent = task ? task.name : "(connect to see them)";
   const box = $("item-fields");
   box.replaceChildren();
   for (const name of task ? task.item_fields : []) {
