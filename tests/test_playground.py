@@ -320,6 +320,8 @@ def test_playground_in_a_real_browser(server, browser):
     # forgetting the key: API calls say to paste one
     by_id("forget").click()
     assert d.execute_script("return sessionStorage.length") == 0
-    by_id("refresh-metrics").click()
+    by_id("refresh-users").click()
     _notice(d, "Paste your API key above and press Connect first.")
+    by_id("refresh-metrics").click()
+    _wait(d, lambda d: "Metrics unavailable: Paste your API key" in by_id("metrics-error").text, "the metrics error")
     assert key not in log_path.read_text()  # no secret in the server's log

@@ -500,9 +500,17 @@ async function generate(event) {
 }
 
 // ---- metrics ----------------------------------------------------------------------------------
+// Metrics failures show in their own panel: they refresh after every generate and must not hide other messages.
 async function loadMetrics() {
-  const data = await guarded(() => api("GET", "/metrics?format=json"));
-  if (!data) return;
+  let data;
+  try {
+    data = await api("GET", "/metrics?format=json");
+  } catch (err) {
+    $("metrics-error").textContent = `Metrics unavailable: ${describe(err)}`;
+    $("metrics-error").hidden = false;
+    return;
+  }
+  $("metrics-error").hidden = true;
   const requests = data.requests || [];
   const summary = $("metrics-summary");
   summary.replaceChildren();
