@@ -49,7 +49,7 @@ def test_root_redirects_to_the_page_served_with_strict_headers(client):
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "form-action 'none'" in csp and "connect-src 'self'" in csp
     assert r.headers["referrer-policy"] == "no-referrer" and r.headers["x-content-type-options"] == "nosniff"
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+    for name, kind in (("app.js", "text/javascript"), ("api.js", "text/javascript"), ("style.css", "text/css")):
         r = client.get(f"/playground/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind) and len(r.content) > 1000
     r = client.get("/playground/app.py")
@@ -61,7 +61,7 @@ def test_assets_are_self_contained():
     """No CDN, no inline script or style (the CSP forbids them), the key never in a URL or the console."""
     assert sorted(p.name for p in STATIC.iterdir()) == sorted(FILES)
     html = (STATIC / "index.html").read_text()
-    js = (STATIC / "app.js").read_text()
+    js = (STATIC / "app.js").read_text() + (STATIC / "api.js").read_text()
     for text in (html, js, (STATIC / "style.css").read_text()):
         assert not re.search(r"(src|href)=\"(https?:)?//", text) and "@import" not in text
     assert "<script>" not in html and " style=" not in html and "onclick" not in html
@@ -226,6 +226,31 @@ def _rows(driver) -> list[str]:
     return driver.execute_script("return [...document.querySelectorAll('#items tbody tr')].map(r => r.dataset.item)")
 
 
+PARSE = """const [text, done] = arguments;
+import("/playground/api.js").then((m) => {
+  try { done(m.parseItems(text)); } catch (e) { done("error: " + e.message); }
+});"""
+
+
+def test_pasted_items_parse_in_the_browser(server, browser):
+    """The paste box's formats, parsed by the page's own module in the browser."""
+    browser.get(server[0] + "/playground")
+    item = {"id": "x", "fields": {"text": "t", "category": "c"}}
+    for pasted, expected in (
+            (json.dumps([item]), [item]),
+            (json.dumps({"items": [item]}), [item]),
+            (json.dumps(item), [item]),
+            ('{"id": 3, "text": "t", "category": "c", "date": "2024"}\n\n{"text": "u", "category": "d"}',
+             [{"id": "3", "fields": {"text": "t", "category": "c"}, "date": "2024"},
+              {"fields": {"text": "u", "category": "d"}}]),
+            ("", "error: Nothing to add: paste JSON or JSONL items, or load a file."),
+            ("[]", "error: The pasted list is empty."),
+            ('{"text": "t"}\nnot json', "error: Line 2 is not valid JSON"),
+            ("[1]", "error: Item 1 is not a JSON object.")):
+        got = browser.execute_async_script(PARSE, pasted)
+        assert got == expected if isinstance(expected, list) else got.startswith(expected), (pasted, got)
+
+
 def test_playground_in_a_real_browser(server, browser):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
@@ -268,11 +293,12 @@ def test_playground_in_a_real_browser(server, browser):
     _wait(d, lambda d: _rows(d) == ["form0", "p0", "p1", "p2", "p3"], "the pasted JSONL items")
     _notice(d, "Added 4 item(s) to 'ann': 5 in her history")
     by_id("new-user").send_keys("bob", Keys.ENTER)
-    bob = [{"id": f"b{i}", "fields": {"text": f"recipe {i} with rice and beans", "category": "food"}}
-           for i in range(3)]
-    by_id("bulk").send_keys(json.dumps(bob))
+    bob = {"id": "q7", "input": "...", "profile": [{"id": f"b{i}", "date": f"2024-01-0{i + 1}", "category": "food",
+                                                     "text": f"recipe {i} with rice and beans"} for i in range(3)]}
+    by_id("bulk").send_keys(json.dumps(bob))  # a LaMP question: its profile items
     d.find_element("css selector", "#bulk-form button[type=submit]").click()
-    _wait(d, lambda d: _rows(d) == ["b0", "b1", "b2"], "bob's pasted JSON items")
+    _wait(d, lambda d: _rows(d) == ["b0", "b1", "b2"], "bob's pasted LaMP profile")
+    assert "2024-01-02" in by_id("items").text
 
     # back to ann with the keyboard; delete one of her items
     ann = d.find_element("css selector", "button.user[data-user=ann]")

@@ -17,8 +17,9 @@ from pplug.server.errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 STATIC = files("pplug.server") / "playground"
-FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-         "style.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+JS = "text/javascript; charset=utf-8"
+FILES = {"index.html": "text/html; charset=utf-8", "app.js": JS, "api.js": JS, "style.css": "text/css; charset=utf-8",
+         "favicon.svg": "image/svg+xml"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
