@@ -259,6 +259,12 @@ def test_playground_in_a_real_browser(server, browser):
     d, by_id = browser, (lambda i: browser.find_element("id", i))
     d.get(url + "/")
     assert d.current_url == url + "/playground" and d.title == "pplug playground"
+    active = lambda: d.switch_to.active_element  # noqa: E731
+    d.find_element("tag name", "body").send_keys(Keys.TAB)  # keyboard: the skip link, then the key form
+    assert active().text == "Skip to generate"
+    for expected in ("key", "connect", "forget"):
+        active().send_keys(Keys.TAB)
+        assert active().get_attribute("id") == expected
 
     # a wrong key: a clear message, and the key is not kept
     by_id("key").send_keys("pplug-not-a-real-key", Keys.ENTER)
