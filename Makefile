@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pplug-installed
 DEMO := runs/demo
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser-deps demo test lint clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/pplug demo --out $(DEMO)
 
-test: setup
+# Debian's chromium + chromium-driver for the playground browser test (needs root; skipped when present).
+# Without them that test skips and says why.
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "browser-deps: chromium and chromedriver present"; \
+	else (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver) \
+	  || echo "browser-deps: WARNING: could not install chromium + chromium-driver; the playground browser test will skip" >&2; fi
+
+test: setup browser-deps
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -4,12 +4,14 @@ Routes (JSON, versioned under ``/v1``; OpenAPI docs at ``/docs``):
     POST   /v1/users/{user_id}/items            add history items (batch), embedded once on write
     GET    /v1/users/{user_id}/items            list them (paged)
     DELETE /v1/users/{user_id}/items[/{item}]   delete one or all items
+    GET    /v1/users                            your users and their history sizes (paged)
     GET    /v1/users/{user_id}                  the user's history size
     DELETE /v1/users/{user_id}                  delete a user and everything of hers
     POST   /v1/generate                         personalized output + explanation + latency
     POST   /v1/chat/completions, GET /v1/models OpenAI-compatible (``user`` = the user)
     GET    /v1/tasks                            served tasks
     GET    /healthz, GET /metrics[?format=json] liveness; request counts, latency and batch-size histograms
+    GET    /playground (``/`` redirects)        a browser page over this API (``pplug.server.playground``)
 Every /v1 route needs ``Authorization: Bearer <tenant key>``; a tenant only ever sees its own users.
 """
 
@@ -34,6 +36,7 @@ from pplug.server.config import ServerConfig
 from pplug.server.deps import ServerState, State
 from pplug.server.errors import error_response, install_error_handlers
 from pplug.server.metrics import Metrics
+from pplug.server.playground import router as playground_router
 from pplug.server.routes_generate import router as generate_router
 from pplug.server.routes_items import router as items_router
 from pplug.server.runtime import backfill, load_models, run_batch
@@ -80,6 +83,7 @@ def create_app(config: ServerConfig, resources: Resources | None = None) -> Fast
     install_error_handlers(app)
     app.include_router(items_router)
     app.include_router(generate_router)
+    app.include_router(playground_router)
     _add_service_routes(app)
 
     @app.middleware("http")

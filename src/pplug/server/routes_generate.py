@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
@@ -42,12 +43,18 @@ def _check_input(st: ServerState, text: str, max_new_tokens: int | None, param: 
 
 
 async def personalize(st: ServerState, tenant: int, m: TaskModel, user_id: str, text: str,
-                      max_new_tokens: int | None, num_beams: int | None) -> Personalized:
-    """Read the user's stored profile embeddings, queue the request for the next backbone batch, wait."""
+                      max_new_tokens: int | None, num_beams: int | None, persona: str = "own") -> Personalized:
+    """Read the stored profile embeddings of the persona's user (``own``: ``user_id``; ``user:<id>``: that
+    user; ``none``: no history), queue the request for the next backbone batch, wait."""
+    items, vecs = [], np.zeros((0, 0), dtype=np.float32)
     try:
-        items, vecs = await run_in_threadpool(st.store.profile, tenant, user_id, m.space, m.max_history)
+        if persona == "none":
+            await run_in_threadpool(st.store.user_info, tenant, user_id)  # the user must exist all the same
+        else:
+            of = user_id if persona == "own" else persona.removeprefix("user:")
+            items, vecs = await run_in_threadpool(st.store.profile, tenant, of, m.space, m.max_history)
     except NotFound as e:
-        raise not_found(e) from None
+        raise (ApiError(404, str(e), "persona") if e.id != user_id else not_found(e)) from None
     question = Question(id=uuid.uuid4().hex, input=text, profile=items, user_id=user_id)
     key = BatchKey(task_key(m.task.name), max_new_tokens, num_beams)
     try:
@@ -72,16 +79,18 @@ async def tasks(st: State, _: Tenant) -> list[TaskInfo]:
 @router.post("/generate", response_model=GenerateResponse,
              responses={404: {"description": "unknown user or task"}, 413: {"description": "input too long"}})
 async def generate(body: GenerateRequest, st: State, tenant: Tenant) -> GenerateResponse:
-    """Personalized output for one user, with the history items the plug weighted most (the explanation)."""
+    """Personalized output for one user, with the history items the plug weighted most (the explanation).
+    ``persona`` answers the same input without a persona (``none``) or with another user's (``user:<id>``)."""
     t0 = time.perf_counter()
     m = st.model(body.task)
     _check_input(st, body.input, body.max_new_tokens, "input", "max_new_tokens")
-    r = await personalize(st, tenant, m, body.user_id, body.input, body.max_new_tokens, body.num_beams)
+    r = await personalize(st, tenant, m, body.user_id, body.input, body.max_new_tokens, body.num_beams,
+                          body.persona)
     p = r.prediction
     return GenerateResponse(user_id=body.user_id, task=m.task.name, output=p.output, raw=p.raw,
                             explanation=[Explanation(**e) for e in p.explanation],
                             latency_ms=round((time.perf_counter() - t0) * 1000, 2), batch_size=r.batch_size,
-                            history_size=r.history_size, prompt_tokens=p.prompt_tokens)
+                            history_size=r.history_size, prompt_tokens=p.prompt_tokens, persona=body.persona)
 
 
 def _last_user_text(body: ChatRequest) -> str:

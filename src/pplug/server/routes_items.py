@@ -1,4 +1,4 @@
-"""``/v1/users/...``: write, list and delete a user's history items; delete a user and everything of hers."""
+"""``/v1/users``: list users; write, list and delete a user's history items; delete a user and all of hers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from pplug.data.records import HistoryItem
 from pplug.server.deps import State, Tenant
 from pplug.server.errors import ApiError
 from pplug.server.runtime import encode_items
-from pplug.server.schemas import ID_PATTERN, AddItemsRequest, AddItemsResponse, Deleted, ItemList, ItemOut, UserInfo
+from pplug.server.schemas import (
+    ID_PATTERN,
+    AddItemsRequest,
+    AddItemsResponse,
+    Deleted,
+    ItemList,
+    ItemOut,
+    UserInfo,
+    UserList,
+)
 from pplug.server.store import LimitExceeded, NewItem, NotFound
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -74,6 +83,14 @@ async def list_items(user_id: UserId, st: State, tenant: Tenant,
     except NotFound as e:
         raise not_found(e) from None
     return ItemList(user_id=user_id, items=[ItemOut(**r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("", response_model=UserList)
+async def list_users(st: State, tenant: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                     offset: Annotated[int, Query(ge=0)] = 0) -> UserList:
+    """A page of your users (oldest first) with their history sizes."""
+    rows, total = await run_in_threadpool(st.store.list_users, tenant, limit, offset)
+    return UserList(users=[UserInfo(**r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{user_id}", response_model=UserInfo)

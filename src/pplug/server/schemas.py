@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Scalar = str | int | float | bool
 ID_PATTERN = r"^[^\s/]+$"  # user and item ids: no whitespace, no '/'
+PERSONA_PATTERN = r"^(own|none|user:[^\s/]+)$"  # whose history a generate request plugs in
 
 
 class Strict(BaseModel):
@@ -51,6 +52,13 @@ class UserInfo(BaseModel):
     created_at: str
 
 
+class UserList(BaseModel):
+    users: list[UserInfo]
+    total: int
+    limit: int
+    offset: int
+
+
 class Deleted(BaseModel):
     user_id: str
     deleted_items: int
@@ -65,6 +73,9 @@ class GenerateRequest(DecodeOptions):
     user_id: str = Field(min_length=1, max_length=256, pattern=ID_PATTERN, description="The user (of your tenant).")
     task: str = Field(min_length=1, max_length=128, description="A served task (GET /v1/tasks).")
     input: str = Field(min_length=1, description="The task input.")
+    persona: str = Field("own", max_length=261, pattern=PERSONA_PATTERN,
+                         description="Whose history plugs in: 'own' (user_id's), 'none' (no history: the same input "
+                                     "without a persona), or 'user:<id>' (another user of your tenant).")
 
 
 class Explanation(BaseModel):
@@ -83,6 +94,7 @@ class GenerateResponse(BaseModel):
     batch_size: int = Field(description="Requests that shared this backbone call.")
     history_size: int = Field(description="History items the plug read.")
     prompt_tokens: int
+    persona: str = Field("own", description="Whose history plugged in (as requested).")
 
 
 class TaskInfo(BaseModel):

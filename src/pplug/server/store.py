@@ -128,6 +128,15 @@ class Store:
             n = s.scalar(select(func.count()).select_from(Item).where(Item.user_id == u.id))
             return {"user_id": user, "history_size": n, "created_at": u.created_at.isoformat()}
 
+    def list_users(self, tenant: int, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the tenant's users (oldest first) with their history sizes, and the total count."""
+        with Session(self.engine) as s:
+            total = s.scalar(select(func.count()).select_from(User).where(User.tenant_id == tenant))
+            n = select(func.count()).select_from(Item).where(Item.user_id == User.id).scalar_subquery()
+            rows = s.execute(select(User.external_id, User.created_at, n).where(User.tenant_id == tenant)
+                             .order_by(User.id).offset(offset).limit(limit))
+            return [{"user_id": u, "history_size": k, "created_at": t.isoformat()} for u, t, k in rows], total
+
     def list_items(self, tenant: int, user: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
         """A page of the user's items, oldest first, and the total count."""
         with Session(self.engine) as s:
