@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pplug.bench_targets import base_name, check_targets, targets_markdown
+from pplug.bench.targets import base_name, check_targets, targets_markdown
 
 
 def row(method, value, metric="accuracy", **cost):

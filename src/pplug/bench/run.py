@@ -1,6 +1,6 @@
 """``pplug bench``: every method side by side on one data folder, quality and cost in one table.
 
-Each method runs in its own subprocess (``python -m pplug.bench_worker``): a failure is reported and
+Each method runs in its own subprocess (``python -m pplug.bench.worker``): a failure is reported and
 the others still finish, and peak memory is measured per method. The parent adds the non-LLM
 heuristic rows and writes ``results.json``, ``results.md`` and ``results.png``.
 """
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pplug.bench_targets import check_targets, targets_markdown
+from pplug.bench.targets import check_targets, targets_markdown
 from pplug.data import load_split, resolve_task
 from pplug.heuristics import heuristic_predictions
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
@@ -70,7 +70,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             print(f"[bench] {spec}: reusing {result_file} (--fresh to rerun)", flush=True)
             rows.append(json.loads(result_file.read_text()))
             continue
-        cmd = [sys.executable, "-m", "pplug.bench_worker", "--spec", spec, "--data", cfg.data, "--run", str(run_dir),
+        cmd = [sys.executable, "-m", "pplug.bench.worker", "--spec", spec, "--data", cfg.data, "--run", str(run_dir),
                "--bench-config", json.dumps(asdict(cfg))]
         t0 = time.perf_counter()
         try:

@@ -4,7 +4,7 @@ OPPU's first stage is exactly ``task-lora`` (same data, LoRA and training settin
 already trained ``task-lora`` with an identical configuration, its task adapter and checkpoint are copied
 into the OPPU run instead of training them again (the train seconds carried over are the original ones).
 
-Writes ``RUN/bench_result.json``. Called by ``pplug.bench``; not meant to be run by hand.
+Writes ``RUN/bench_result.json``. Called by ``pplug.bench.run``; not meant to be run by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pplug.bench import plain_spec_dir
+from pplug.bench.run import plain_spec_dir
 from pplug.config import RunConfig, config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.resources import Resources
