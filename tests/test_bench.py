@@ -9,14 +9,16 @@ from pplug.cli import main
 from pplug.synth import SynthConfig, synthesize
 
 
-def run_cli(argv: list[str], sets: list[str]) -> None:
-    """`pplug bench ARGV --set S ...` in-process; a clean exit is required."""
+def run_cli(argv: list[str], sets: list[str], code: int = 0) -> None:
+    """`pplug bench ARGV --set S ...` in-process; the exit code must be ``code``."""
     for s in sets:
         argv = [*argv, "--set", s]
     try:
         main(argv)
     except SystemExit as e:
-        assert e.code in (0, None)
+        assert (e.code or 0) == code
+    else:
+        assert code == 0
 
 
 def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir, monkeypatch, capsys):
@@ -27,11 +29,16 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
             "train.augment_copies=0", "train.progress=false", "decode.max_new_tokens=3"]
     argv = ["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--limit", "3", "--latency-questions", "2",
             "--methods", "zero-shot,pplug,pplug:swap_history,no-such-method"]
-    run_cli(argv, sets)
+    run_cli(argv, sets, code=1)  # a method failed: non-zero exit, results still written
     out = tmp_path / "bench"
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["no-such-method"]["status"] == "failed" and "unknown method" in rows["no-such-method"]["error"]
+    assert result["failed"] == ["no-such-method"] and rows["no-such-method"]["error_tail"]
+    assert "unknown method" in (out / "logs" / "no-such-method.log").read_text()
+    assert "[pplug" in (out / "logs" / "pplug.log").read_text() or (out / "logs" / "pplug.log").stat().st_size > 0
+    err = capsys.readouterr().err
+    assert "no-such-method FAILED" in err and "unknown method" in err  # the error tail is shown
     for name in ("zero-shot", "pplug", "pplug:swap_history"):
         assert rows[name]["status"] == "ok", rows[name]
         assert rows[name]["test_questions"] == 3 and set(rows[name]["metrics"]) == {"accuracy", "f1"}
@@ -45,6 +52,7 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
     table = (out / "results.md").read_text()
     assert "| labels used |" in table and "Targets" in table
     assert "| pplug |" in table and "FAILED" in table
+    assert "| pplug:swap_history (diagnostic) |" in table and "(no LLM) |" in table  # summary marks kinds
     assert (out / "results.png").stat().st_size > 1000
 
 

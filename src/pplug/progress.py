@@ -39,7 +39,8 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs: An
 def batches(n: int, size: int, desc: str) -> Iterator[int]:
     """Start indices ``0, size, 2*size, ... < n`` while a bar counts the ``n`` items (left off screen when done)."""
     size = max(1, size)
-    with bar(total=n, desc=desc, unit="q", leave=False) as progress:
+    quiet = not enabled() or n <= size  # one batch (e.g. a single request): no bar, no overhead
+    with bar(total=n, desc=desc, unit="q", leave=False, disable=quiet) as progress:
         for start in range(0, n, size):
             yield start
             progress.update(min(size, n - start))
@@ -47,7 +48,7 @@ def batches(n: int, size: int, desc: str) -> Iterator[int]:
 
 def bar_items(items: Collection[Any], desc: str) -> Iterator[Any]:
     """Iterate ``items`` under a bar (left off screen when done)."""
-    with bar(total=len(items), desc=desc, leave=False) as progress:
+    with bar(total=len(items), desc=desc, leave=False, disable=not enabled() or len(items) <= 1) as progress:
         for item in items:
             yield item
             progress.update(1)
