@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -155,8 +156,9 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         result.seconds = time.perf_counter() - t0
         row["seconds"] = round(result.seconds, 2)
         result.history.append(row)
-        bar.write(f"[{desc}] " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in row.items()))
+        if progress_enabled():  # the epoch summary goes to stderr: stdout carries only results
+            bar.write(f"[{desc}] " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in row.items()), file=sys.stderr)
         if checkpoint is not None and state is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")
