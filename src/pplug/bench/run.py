@@ -60,6 +60,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.split == "dev" and "train.select_on_dev=false" not in cfg.overrides:
         cfg.overrides = [*cfg.overrides, "train.select_on_dev=false"]  # never select on the split we report
         say("--split dev: epoch selection on dev is off (each method keeps its last epoch)")
+    check_specs(cfg)
     long = [m for m in cfg.methods if m.split(":")[0].split("@")[0] in LONG_METHODS]
     if long and cfg.train_limit is None:
         say(f"note: {', '.join(long)} fine-tune the backbone (OPPU also one adapter per test user): hours on a CPU "
@@ -91,6 +92,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         rows.append(row)
         write_results(out, task, cfg, rows + heuristics)
     return write_results(out, task, cfg, rows + heuristics)
+
+
+def check_specs(cfg: BenchConfig) -> None:
+    """Refuse unknown methods and bad config fields of any spec before anything runs (one line, exit 2)."""
+    from pplug.config import config_from_spec
+    from pplug.methods import method_builder
+
+    for spec in cfg.methods:
+        try:
+            method_builder(config_from_spec(spec, cfg.data, cfg.overrides).method)
+        except (ValueError, TypeError) as e:
+            raise PPlugError(f"--methods {spec}: {e}") from e
 
 
 def say(message: str) -> None:
