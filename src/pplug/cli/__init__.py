@@ -24,9 +24,10 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def root(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False,
-         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress bars in every command.")] = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="",
+                                             help="Hide progress bars in every command.")] = False,
          ) -> None:
     """pplug: personalize a frozen LLM for each of its users."""
     if quiet:

@@ -30,8 +30,8 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           latency_questions: Annotated[int, Opt(help="Questions timed one by one for latency.")] = 16,
           set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None,
           threads: Annotated[int | None, Opt(help="torch threads per method process.")] = None,
-          fresh: Annotated[bool, Opt("--fresh/--reuse", help="Rerun methods that already have a result in OUT, "
-                                                             "or reuse them.")] = False,
+          fresh: Annotated[bool, Opt("--fresh/--reuse", metavar="",
+                                     help="Rerun methods that already have a result in OUT, or reuse them.")] = False,
           quiet: QuietOpt = False,
           ) -> None:
     """Train what needs training (train split), select on dev, evaluate on test; one row per method plus

@@ -88,10 +88,10 @@ def train(
     augment_copies: Annotated[int | None, Opt(min=0, help="History augmentation copies per example (0 = off; "
                                                           "each copy is another pass over the data).",
                                               show_default=_d("train", "augment_copies"))] = None,
-    class_balanced: Annotated[bool | None, Opt("--class-balanced/--no-class-balanced",
+    class_balanced: Annotated[bool | None, Opt("--class-balanced/--no-class-balanced", metavar="",
                                                help="Classification: inverse-frequency loss weights.",
                                                show_default=_d("train", "class_balanced"))] = None,
-    train_input_encoder: Annotated[bool | None, Opt("--train-input-encoder/--frozen-input-encoder",
+    train_input_encoder: Annotated[bool | None, Opt("--train-input-encoder/--frozen-input-encoder", metavar="",
                                                     help="PPlug: fine-tune the input encoder or freeze it.",
                                                     show_default=_d("plug", "train_input_encoder"))] = None,
     k: Annotated[int | None, Opt(min=0, help="Retrieval: items in the prompt.", show_default=_d("retrieval", "k"))]
@@ -102,9 +102,9 @@ def train(
                                      show_default=_d("lora", "users"))] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="Any config field: section.field=value (repeatable).")]
     = None,
-    resume: Annotated[bool, Opt("--resume/--no-resume", help="Continue from the run folder's last epoch "
+    resume: Annotated[bool, Opt("--resume/--no-resume", metavar="", help="Continue from the run folder's last epoch "
                                                              "checkpoint (kept by an interrupted run).")] = False,
-    keep_checkpoint: Annotated[bool, Opt("--keep-checkpoint/--no-keep-checkpoint",
+    keep_checkpoint: Annotated[bool, Opt("--keep-checkpoint/--no-keep-checkpoint", metavar="",
                                          help="Keep checkpoint/ (optimizer + resume state) after training.")]
     = False,
     quiet: QuietOpt = False,
@@ -129,7 +129,7 @@ RunOpt = Annotated[Path, Opt(help="A run folder made by `pplug train`.")]
 DataOpt = Annotated[Path, Opt(help="Data folder.")]
 SplitOpt = Annotated[str, Opt(help="train | dev | test")]
 LimitOpt = Annotated[int | None, Opt(min=0, help="Only the first N questions of the split.", show_default="all")]
-SwapOpt = Annotated[bool, Opt("--swap-history/--no-swap-history",
+SwapOpt = Annotated[bool, Opt("--swap-history/--no-swap-history", metavar="",
                               help="Diagnostic: give each question another user's history.")]
 SetOpt = Annotated[list[str] | None, Opt("--set", help="Decoding/retrieval setting for this call: decode.field=value "
                                                        "or retrieval.field=value (e.g. decode.num_beams=4, "

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-QuietOpt = Annotated[bool, typer.Option("--quiet/--progress", "-q",
+QuietOpt = Annotated[bool, typer.Option("--quiet/--progress", "-q", metavar="",
                                         help="Hide progress bars (they go to stderr; JSON results go to stdout).")]
 
 
