@@ -7,6 +7,7 @@ stderr so JSON on stdout stays clean.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -19,8 +20,18 @@ def set_quiet(quiet: bool) -> None:
     _QUIET = quiet
     if quiet:
         os.environ["PPLUG_QUIET"] = "1"
+        try:  # the model loaders' "Loading weights" bars too (asked for by --quiet, never on import)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
     else:
         os.environ.pop("PPLUG_QUIET", None)
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
 
 
 def enabled() -> bool:

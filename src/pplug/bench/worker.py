@@ -123,6 +123,10 @@ def main() -> None:
     ap.add_argument("--run", required=True)
     ap.add_argument("--bench-config", required=True)
     a = ap.parse_args()
+    from pplug.progress import enabled, set_quiet
+
+    if not enabled():  # the bench ran with --quiet (PPLUG_QUIET=1): the model loaders' bars too
+        set_quiet(True)
     run_dir = Path(a.run)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
