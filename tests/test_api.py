@@ -112,3 +112,19 @@ def test_readme_python_api_snippet_runs_as_written(synth, tiny_llama_dir, tiny_b
     printed = capsys.readouterr().out.split("\n")  # the tiny random model may answer "" on the first line
     assert len(printed) == 4 and "item_id" in printed[1] and printed[2].split()[-1].isdigit()
     assert {"config.json", "model.safetensors"} <= {p.name for p in Path("exported/topic").iterdir()}
+
+
+def test_loaders_read_local_files_only_without_offline_variables(tiny_llama_dir, tiny_bert_dir, tmp_path):
+    """With no *_OFFLINE variable and an unreachable hub, local models load and a missing one is one clear error."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    code = (f"from pplug.backbones import BackboneConfig, load_backbone\n"
+            f"from pplug.encoders import EncoderConfig, load_encoder\n"
+            f"from pplug.errors import PPlugError\n"
+            f"load_backbone(BackboneConfig(name_or_path={str(tiny_llama_dir)!r}))\n"
+            f"load_encoder(EncoderConfig(name_or_path={str(tiny_bert_dir)!r}))\n"
+            f"try:\n    load_backbone(BackboneConfig(name_or_path='org/not-local'))\n"
+            f"except PPlugError as e:\n    print('error:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "error: model folder not found" in out.stdout and "not-local" in out.stdout

@@ -119,6 +119,7 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
     t0 = time.perf_counter()
     preds = method.predict(data.questions)  # methods show a progress bar over their batches
     seconds = time.perf_counter() - t0
+    normalize_modes(run_dir)  # OPPU writes per-user adapters while predicting
     if out is not None:
         write_predictions(out, get_task(config.task).lamp_field, [{"id": p.id, "output": p.output} for p in preds])
     timing = {"questions": len(preds), "predict_seconds": round(seconds, 2),
