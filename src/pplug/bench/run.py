@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pplug.bench.report import plain_spec_dir, spec_dir, write_results
+from pplug.bench.report import spec_dir, write_results
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
 from pplug.heuristics import heuristic_predictions
