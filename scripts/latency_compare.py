@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pplug.bench_worker import latency_summary
+from pplug.bench.worker import latency_summary
 from pplug.data import load_split
 from pplug.resources import Resources
 from pplug.runner import load_run

@@ -4,19 +4,24 @@ reported as failed while the others finish, heuristic rows, and the three result
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from pplug.cli import main
 from pplug.synth import SynthConfig, synthesize
 
 
-def run_cli(argv: list[str], sets: list[str]) -> None:
-    """`pplug bench ARGV --set S ...` in-process; a clean exit is required."""
+def run_cli(argv: list[str], sets: list[str], code: int = 0) -> None:
+    """`pplug bench ARGV --set S ...` in-process; the exit code must be ``code``."""
     for s in sets:
         argv = [*argv, "--set", s]
     try:
         main(argv)
     except SystemExit as e:
-        assert e.code in (0, None)
+        assert (e.code or 0) == code
+    else:
+        assert code == 0
 
 
 def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir, monkeypatch, capsys):
@@ -26,12 +31,18 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
     sets = [f"backbone.name_or_path={tiny_llama_dir}", f"encoder.name_or_path={tiny_bert_dir}", "train.max_steps=1",
             "train.augment_copies=0", "train.progress=false", "decode.max_new_tokens=3"]
     argv = ["bench", "--data", str(data), "--out", str(tmp_path / "bench"), "--limit", "3", "--latency-questions", "2",
-            "--methods", "zero-shot,pplug,pplug:swap_history,no-such-method"]
-    run_cli(argv, sets)
+            "--methods", f"zero-shot,pplug,pplug:swap_history,zero-shot@backbone.name_or_path={tmp_path / 'nope'}"]
+    run_cli(argv, sets, code=1)  # a method failed: non-zero exit, results still written
     out = tmp_path / "bench"
     result = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
-    assert rows["no-such-method"]["status"] == "failed" and "unknown method" in rows["no-such-method"]["error"]
+    bad = next(r for r in result["rows"] if r["method"].startswith("zero-shot@"))
+    assert bad["status"] == "failed" and "model folder not found" in bad["error"] and bad["error_tail"]
+    assert result["failed"] == [bad["method"]] and Path(bad["log"]).parent == out / "logs"
+    assert "model folder not found" in Path(bad["log"]).read_text()
+    assert (out / "logs" / "pplug.log").is_file()
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "model folder not found" in err  # the error tail is shown
     for name in ("zero-shot", "pplug", "pplug:swap_history"):
         assert rows[name]["status"] == "ok", rows[name]
         assert rows[name]["test_questions"] == 3 and set(rows[name]["metrics"]) == {"accuracy", "f1"}
@@ -45,6 +56,7 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
     table = (out / "results.md").read_text()
     assert "| labels used |" in table and "Targets" in table
     assert "| pplug |" in table and "FAILED" in table
+    assert "| pplug:swap_history (diagnostic) |" in table and "(no LLM) |" in table  # summary marks kinds
     assert (out / "results.png").stat().st_size > 1000
 
 
@@ -67,3 +79,13 @@ def test_bench_dev_split_and_oppu_reuses_the_task_stage(tmp_path, tiny_llama_dir
     assert saved["train"]["select_on_dev"] is False  # never select on the split being reported
     assert len(list((out / "runs" / "oppu" / "users").iterdir())) == 1  # --users 1, also after the latency probe
     assert "dev split" in (out / "results.md").read_text() and "| n dev |" in (out / "results.md").read_text()
+
+
+def test_bench_refuses_unknown_methods_and_fields_before_running(tmp_path, capsys):
+    data = synthesize(tmp_path / "data", SynthConfig(n_train_users=2, n_dev_users=1, n_test_users=1, min_profile=3,
+                                                     max_profile=4))["synth_topic"]
+    for methods, fragment in (("zero-shot,no-such-method", "unknown method"), ("pplug@plug.nope=1", "unknown field")):
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "--data", str(data), "--out", str(tmp_path / "b"), "--methods", methods])
+        assert e.value.code == 2 and fragment in capsys.readouterr().err
+        assert not (tmp_path / "b" / "runs").exists()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pplug.bench_targets import base_name, check_targets, targets_markdown
+from pplug.bench.targets import base_name, check_targets, targets_markdown
 
 
 def row(method, value, metric="accuracy", **cost):
@@ -53,3 +53,29 @@ def test_interleaved_latency_is_preferred():
     v = by_target(check_targets("classification", rows, latency={"pplug": 1.5, "rag-bm25": 2.5}))
     t = v["PPlug latency <= 0.5x rag-bm25"]
     assert t["met"] is False and t["detail"].startswith("0.60x") and "interleaved" in t["detail"]
+
+
+def test_markdown_folds_the_heuristic_checks_into_one_line():
+    rows = [row("pplug", 0.70), row("zero-shot", 0.20), row("heuristic:user-majority", 0.72)]
+    text = targets_markdown(check_targets("classification", rows))
+    folded = [ln for ln in text.splitlines() if "user's-majority" in ln]
+    assert len(folded) == 1 and "NOT met" in folded[0] and "pplug 0.700" in folded[0]
+
+
+def test_report_summary_marks_kinds_and_interleaved_latency(tmp_path):
+    import json
+
+    from pplug.bench.report import plot, summary_table
+    from pplug.tasks import get_task
+
+    (tmp_path / "latency_compare.json").write_text(json.dumps({"runs": {"b/pplug": {"mean": 1.5}}}))
+    rows = [row("zero-shot", 0.0), row("pplug", 0.7), row("pplug:swap_history", 0.3),
+            row("heuristic:user-majority", 0.72), {"method": "oppu", "status": "failed", "log": "x/logs/oppu.log"}]
+    for r in rows[:3]:
+        r["cost"], r["test_questions"] = {"latency_mean": 2.0}, 4
+    from pplug.bench.report import interleaved_latency
+
+    table = summary_table("classification", rows, "test", interleaved_latency(tmp_path))
+    assert "| pplug | 0.700 |" in table and "1.50*" in table and "| zero-shot | 0.000 |" in table
+    assert "(diagnostic)" in table and "(no LLM)" in table and "FAILED (logs/oppu.log)" in table
+    assert plot(tmp_path / "r.png", get_task("synth_topic"), rows) and (tmp_path / "r.png").stat().st_size > 1000

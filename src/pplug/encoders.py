@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,9 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pplug.errors import ModelMissingError, PPlugError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from pplug.progress import enabled
 
 POOLINGS = ("mean", "cls")
 DEFAULT_ENCODER = "all-minilm-l6-v2"
@@ -222,14 +219,15 @@ class TextEncoder(torch.nn.Module):
         was_training = self.training
         self.eval()
         try:
-            starts = range(0, len(texts), bs)
-            if show_progress:
-                from tqdm.auto import tqdm
+            from pplug.progress import bar
 
-                starts = tqdm(starts, desc=f"encode {self.name}", unit="batch")
-            for s in starts:
-                idx = order[s:s + bs]
-                out[idx] = self.forward([texts[i] for i in idx]).float().cpu()
+            # a bar when asked, or when the batch takes more than a few seconds (~300 texts/s on 2 cores)
+            with bar(total=len(texts), desc=f"encode {self.name}", unit="text", leave=False,
+                     disable=not enabled() or not (show_progress or len(texts) >= 1000)) as progress:
+                for s in range(0, len(texts), bs):
+                    idx = order[s:s + bs]
+                    out[idx] = self.forward([texts[i] for i in idx]).float().cpu()
+                    progress.update(len(idx))
         finally:
             self.train(was_training)
         return out

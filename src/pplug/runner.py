@@ -1,7 +1,8 @@
 """Train / predict / evaluate a run folder: what the CLI commands and the benchmark call.
 
 A run folder holds ``config.json`` (the resolved RunConfig), the method's trainable weights only
-(never the backbone), ``train_report.json`` and ``eval_{split}.json``.
+(never the backbone), ``train_report.json``, ``eval_{split}.json`` and ``preds_{split}.json``; resume state
+(``checkpoint/``) is deleted when training finishes unless ``keep_checkpoint`` (see ``pplug.runfiles``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pplug.config import RunConfig
+from pplug.config import RunConfig, apply_override, validate
 from pplug.data import Split, available_splits, load_split, resolve_task, write_predictions
+from pplug.errors import PPlugError
 from pplug.methods import Prediction, build_method
 from pplug.resources import Resources
+from pplug.runfiles import missing_weights, normalize_modes
 from pplug.scoring import score_predictions
 from pplug.tasks import get_task
 
@@ -27,21 +30,27 @@ def peak_rss_mb() -> float:
 
 
 def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | None = None,
-              resume: bool = False) -> dict[str, Any]:
+              resume: bool = False, keep_checkpoint: bool = False) -> dict[str, Any]:
     """Fit ``config.method`` on ``config.data`` (train split; selects on dev when present).
 
     Args:
         resume: continue from ``run_dir/checkpoint/`` (the end of the last finished epoch) when it exists;
             otherwise an old checkpoint there is discarded and training starts fresh.
+        keep_checkpoint: keep ``run_dir/checkpoint/`` (optimizer + resume state) after training finishes.
+
+    Raises:
+        PPlugError: the data has no train split or no gold outputs for it (checked before models load).
     """
     run_dir = Path(run_dir)
     if not resume and (run_dir / "checkpoint").is_dir():
         shutil.rmtree(run_dir / "checkpoint")
     config.task = resolve_task(config.data, config.task or None)
+    train = load_split(config.data, "train", config.task)
+    if train.golds is None:
+        raise PPlugError(f"{config.data}: the train split has no gold outputs (train_outputs.json) to train on")
+    dev = load_split(config.data, "dev", config.task) if "dev" in available_splits(config.data) else None
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
-    train = load_split(config.data, "train", config.task)
-    dev = load_split(config.data, "dev", config.task) if "dev" in available_splits(config.data) else None
     t0 = time.perf_counter()
     method = build_method(config, resources)
     load_s = time.perf_counter() - t0
@@ -50,28 +59,65 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     report.update(method=config.method, task=config.task, load_seconds=round(load_s, 2),
                   total_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=round(peak_rss_mb(), 1))
     (run_dir / "train_report.json").write_text(json.dumps(report, indent=1))
+    if not keep_checkpoint and (run_dir / "checkpoint").is_dir():
+        shutil.rmtree(run_dir / "checkpoint")  # a finished run keeps no resume state
+    normalize_modes(run_dir)
     return report
 
 
-def load_run(run_dir: str | Path, resources: Resources | None = None, swap_history: bool = False):
-    """Rebuild a trained method from its run folder."""
+RUNTIME_SECTIONS = ("decode", "retrieval")  # settings that may change after training (eval/predict --set)
+
+
+def runtime_config(run_dir: str | Path, swap_history: bool = False, overrides: list[str] | None = None) -> RunConfig:
+    """A run's saved config with prediction-time overrides; checks the weights exist (before any model loads).
+
+    Raises:
+        PPlugError: no config, no weights, or an override outside ``decode.*`` / ``retrieval.*``.
+    """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PPlugError(f"{run_dir}: run folder not found")
     config = RunConfig.load(run_dir / "config.json")
+    missing = missing_weights(config.method, run_dir)
+    if missing is not None:
+        raise PPlugError(f"{missing}: weights not found; this run folder is incomplete (train it with "
+                         f"`pplug train --method {config.method} --out {run_dir}`)")
+    for o in overrides or []:
+        section = o.split("=", 1)[0].strip().split(".")[0]
+        if section not in RUNTIME_SECTIONS:
+            raise PPlugError(f"--set {o}: only {'/'.join(s + '.*' for s in RUNTIME_SECTIONS)} settings can change "
+                             f"after training; retrain to change '{section}'")
+        apply_override(config, o)
+    validate(config)  # a bad override is a one-line ConfigError naming the field
     config.decode.swap_history = swap_history or config.decode.swap_history
+    return config
+
+
+def load_run(run_dir: str | Path, resources: Resources | None = None, swap_history: bool = False,
+             overrides: list[str] | None = None):
+    """Rebuild a trained method from its run folder; returns ``(config, method)``.
+
+    Args:
+        overrides: ``section.field=value`` for ``decode``/``retrieval`` settings (e.g. ``decode.num_beams=4``).
+    """
+    config = runtime_config(run_dir, swap_history, overrides)
     method = build_method(config, resources)
-    method.load(run_dir)
+    method.load(Path(run_dir))
     return config, method
 
 
 def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", limit: int | None = None,
                 swap_history: bool = False, resources: Resources | None = None,
-                out: str | Path | None = None) -> tuple[list[Prediction], dict[str, Any], Split]:
+                out: str | Path | None = None, overrides: list[str] | None = None,
+                ) -> tuple[list[Prediction], dict[str, Any], Split]:
     """Predict a split with a trained run; writes LaMP predictions to ``out`` when given."""
-    config, method = load_run(run_dir, resources, swap_history)
+    config = runtime_config(run_dir, swap_history, overrides)
     data = load_split(data_dir, split, config.task).limit(limit)
+    config, method = load_run(run_dir, resources, swap_history, overrides)
     t0 = time.perf_counter()
-    preds = method.predict(data.questions)
+    preds = method.predict(data.questions)  # methods show a progress bar over their batches
     seconds = time.perf_counter() - t0
+    normalize_modes(run_dir)  # OPPU writes per-user adapters while predicting
     if out is not None:
         write_predictions(out, get_task(config.task).lamp_field, [{"id": p.id, "output": p.output} for p in preds])
     timing = {"questions": len(preds), "predict_seconds": round(seconds, 2),
@@ -82,16 +128,25 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
 
 
 def eval_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", limit: int | None = None,
-             swap_history: bool = False, resources: Resources | None = None) -> dict[str, Any]:
-    """Predict + score; writes ``eval_{split}[_swap].json`` and the predictions into the run folder."""
+             swap_history: bool = False, resources: Resources | None = None,
+             overrides: list[str] | None = None) -> dict[str, Any]:
+    """Predict + score; writes ``eval_{split}[_swap].json`` and the predictions into the run folder.
+
+    Raises:
+        PPlugError: the split has no gold outputs (checked before any model loads; use ``predict``).
+    """
     run_dir = Path(run_dir)
+    config = runtime_config(run_dir, swap_history, overrides)
+    if load_split(data_dir, split, config.task).golds is None:
+        raise PPlugError(f"{data_dir}: split '{split}' has no gold outputs ({split}_outputs.json) to score "
+                         f"against; use `pplug predict` for unlabeled questions")
     suffix = "_swap" if swap_history else ""
     preds, info, data = predict_run(run_dir, data_dir, split, limit, swap_history, resources,
-                                    out=run_dir / f"preds_{split}{suffix}.json")
-    if data.golds is None:
-        return {"error": f"split '{split}' has no gold outputs to score against"} | info
+                                    out=run_dir / f"preds_{split}{suffix}.json", overrides=overrides)
     task = get_task(data.task)
     metrics = score_predictions(task, data.golds, {p.id: p.output for p in preds})
     report = {"task": task.name, "split": split, "swap_history": swap_history, "metrics": metrics} | info
+    if overrides:
+        report["overrides"] = list(overrides)
     (run_dir / f"eval_{split}{suffix}.json").write_text(json.dumps(report, indent=1))
     return report

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from pplug.progress import enabled as progress_enabled
 
 
 @dataclass
@@ -97,14 +100,15 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(total, 1), config.warmup))
     result, start_epoch = TrainResult(), 0
     if checkpoint is not None and checkpoint.is_file() and load_state is not None:
-        ck = torch.load(checkpoint, weights_only=False)
+        ck = torch.load(checkpoint, weights_only=True)  # tensors and plain values only, never pickled objects
         load_state(ck["trainable"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        result = ck["result"]
+        result = TrainResult(**ck["result"])
         start_epoch = result.epochs_done
     t0 = time.perf_counter() - result.seconds
-    bar = tqdm(total=total, initial=result.steps, desc=desc, disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=result.steps, desc=desc, disable=not (config.progress and progress_enabled()),
+               dynamic_ncols=True)
     for epoch in range(start_epoch, config.epochs):
         if result.steps >= total:
             break
@@ -152,13 +156,14 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         result.seconds = time.perf_counter() - t0
         row["seconds"] = round(result.seconds, 2)
         result.history.append(row)
-        bar.write(f"[{desc}] " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in row.items()))
+        if progress_enabled():  # the epoch summary goes to stderr: stdout carries only results
+            bar.write(f"[{desc}] " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in row.items()), file=sys.stderr)
         if checkpoint is not None and state is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")
             torch.save({"trainable": state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "result": result}, tmp)
+                        "result": asdict(result)}, tmp)
             tmp.replace(checkpoint)
     bar.close()
     result.seconds = time.perf_counter() - t0

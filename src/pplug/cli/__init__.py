@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Annotated
 
 import typer
 
 from pplug.errors import PPlugError
 
 app = typer.Typer(help="pplug: personalize a frozen LLM for each of its users.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pplug import __version__
+
+        typer.echo(f"pplug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="",
+                                             help="Hide progress bars in every command.")] = False,
+         ) -> None:
+    """pplug: personalize a frozen LLM for each of its users."""
+    if quiet:
+        from pplug.progress import set_quiet
+
+        set_quiet(True)
 
 
 def _register() -> None:
@@ -32,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     Usage errors (missing/unknown options) are reported by click itself (standalone mode, exit 2).
     """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # this process is the CLI: quiet fork warnings
     try:
         app(args=argv, standalone_mode=True)
     except PPlugError as e:

@@ -7,15 +7,20 @@ from typing import Annotated
 
 import typer
 
+from pplug.cli.options import QuietOpt, apply_quiet
+
 Opt = typer.Option
 DEFAULT_METHODS = "zero-shot,rag-bm25,rag-dense,task-lora,oppu,pplug,pplug-rag,pplug:no_persona,pplug:swap_history"
+# task-lora and oppu fine-tune the backbone (OPPU: one adapter per test user): hours on a CPU with full data
 
 
 def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits.")],
           out: Annotated[Path, Opt(help="Output folder: results.json, results.md, results.png, runs/.")],
           methods: Annotated[str, Opt(help="Comma-separated method specs: name[:variant][@section.field=value]. "
                                            "Variants: no_instruction, mean_pool, top_k, no_persona, "
-                                           "swap_history.")] = DEFAULT_METHODS,
+                                           "swap_history. The default list includes task-lora and oppu, which "
+                                           "take hours on a CPU with full data (bound them with --train-limit, "
+                                           "--users).")] = DEFAULT_METHODS,
           limit: Annotated[int | None, Opt(help="Evaluate on the first N questions of --split.")] = None,
           split: Annotated[str, Opt(help="Evaluation split: test, or dev for tuning sweeps (epoch selection "
                                          "on dev is then off).")] = "test",
@@ -25,18 +30,27 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           latency_questions: Annotated[int, Opt(help="Questions timed one by one for latency.")] = 16,
           set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None,
           threads: Annotated[int | None, Opt(help="torch threads per method process.")] = None,
-          fresh: Annotated[bool, Opt("--fresh", help="Rerun methods that already have a result.")] = False,
+          fresh: Annotated[bool, Opt("--fresh/--reuse", metavar="",
+                                     help="Rerun methods that already have a result in OUT, or reuse them.")] = False,
+          quiet: QuietOpt = False,
           ) -> None:
     """Train what needs training (train split), select on dev, evaluate on test; one row per method plus
     non-LLM heuristic rows. A failing method is reported as failed and the others still run. Runs are
-    resumed from their last epoch checkpoint when the same --out is used again."""
+    resumed from their last epoch checkpoint when the same --out is used again. Each method's output is
+    streamed and kept in OUT/logs/<method>.log; the exit code is 1 when any method failed (results are
+    still written)."""
     from pplug.bench import BenchConfig, run_bench
 
+    apply_quiet(quiet)
     cfg = BenchConfig(data=str(data), methods=[m.strip() for m in methods.split(",") if m.strip()], out=str(out),
                       limit=limit, split=split, train_limit=train_limit, dev_limit=dev_limit, users=users,
                       latency_questions=latency_questions, overrides=list(set_ or []), threads=threads, fresh=fresh)
-    run_bench(cfg)
+    result = run_bench(cfg)
     typer.echo((out / "results.md").read_text())
+    if result["failed"]:
+        typer.echo(f"error: {len(result['failed'])} method(s) failed: {', '.join(result['failed'])} "
+                   f"(logs in {out / 'logs'})", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -51,6 +51,9 @@ def validate(data_dir: DataDir, task: TaskOpt = None) -> None:
         counts = {}
         for split in available_splits(folder):
             loaded = load_split(folder, split, name)
+            if loaded.golds is None and split != "test":  # test may be unlabeled (official LaMP); train/dev not
+                raise DataError(folder / f"{split}_outputs.json", f"the {split} split has no gold outputs "
+                                f"({split}_outputs.json, or an 'output' per JSONL line); train and dev need them")
             _check_labels_in_inputs(loaded)
             counts[split] = {"questions": len(loaded), "golds": None if loaded.golds is None else len(loaded.golds),
                              "profile_items": sum(len(q.profile) for q in loaded.questions)}

@@ -8,16 +8,21 @@ from typing import Annotated
 
 import typer
 
+from pplug.cli.options import QuietOpt, apply_quiet
+
 
 def demo(out: Annotated[Path, typer.Option(help="Folder for the synthetic data and the run.")] = Path("runs/demo"),
          task: Annotated[str, typer.Option(help="Synthetic task: synth_topic or synth_title.")] = "synth_topic",
          backbone: Annotated[str, typer.Option(help="Backbone (default: bundled SmolLM2-135M).")] = "smollm2-135m",
          encoder: Annotated[str, typer.Option(help="Encoder (default: bundled MiniLM).")] = "all-minilm-l6-v2",
          epochs: Annotated[int, typer.Option(help="Training epochs.")] = 2,
-         persona_tokens: Annotated[int, typer.Option(help="Persona soft tokens.")] = 4) -> None:
+         persona_tokens: Annotated[int, typer.Option(min=1, help="Persona soft tokens.")] = 4,
+         quiet: QuietOpt = False) -> None:
     """Make the synthetic data, train PPlug on it with the bundled models, evaluate on test, and print
     the result beside the non-LLM heuristics and the swap-history diagnostic."""
     from pplug.config import RunConfig
+
+    apply_quiet(quiet)
     from pplug.data import load_split
     from pplug.heuristics import heuristic_predictions
     from pplug.resources import Resources

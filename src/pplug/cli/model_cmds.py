@@ -9,73 +9,121 @@ from typing import Annotated
 
 import typer
 
+from pplug.cli.options import QuietOpt, apply_quiet, default_of
+
 Opt = typer.Option
 
 
 def build_config(method: str, data: Path, task: str | None, backbone: str | None, encoder: str | None,
                  epochs: int | None, lr: float | None, batch_size: int | None, max_steps: int | None,
-                 limit: int | None, dev_limit: int | None, seed: int | None, persona_tokens: int | None,
+                 train_limit: int | None, dev_limit: int | None, seed: int | None, persona_tokens: int | None,
                  augment_copies: int | None, class_balanced: bool | None, train_input_encoder: bool | None,
                  k: int | None, retriever: str | None, users: int | None, overrides: list[str] | None):
     """A RunConfig from CLI flags (``method`` is a spec: ``pplug:no_persona``, ``pplug@plug.top_k=2``).
 
-    ``--epochs``/``--lr`` set ``train.*`` for PPlug and ``lora.task_*`` for the LoRA methods."""
-    from pplug.config import LORA_METHODS, config_from_spec, validate
+    ``--epochs``/``--lr`` set ``train.*`` for PPlug and ``lora.task_*`` for the LoRA methods.
 
-    cfg = config_from_spec(method, str(data))
-    cfg.task = task or ""
-    optim, prefix = (cfg.lora, "task_") if cfg.method in LORA_METHODS else (cfg.train, "")
-    pairs = [(cfg.backbone, "name_or_path", backbone), (cfg.encoder, "name_or_path", encoder),
-             (optim, f"{prefix}epochs", epochs), (optim, f"{prefix}lr", lr), (cfg.train, "batch_size", batch_size),
-             (cfg.train, "max_steps", max_steps), (cfg.train, "limit", limit), (cfg.train, "dev_limit", dev_limit),
-             (cfg.train, "seed", seed), (cfg.plug, "n_persona_tokens", persona_tokens),
-             (cfg.train, "augment_copies", augment_copies), (cfg.train, "class_balanced", class_balanced),
-             (cfg.plug, "train_input_encoder", train_input_encoder), (cfg.retrieval, "k", k),
-             (cfg.retrieval, "retriever", retriever), (cfg.lora, "users", users)]
-    for section, field, value in pairs:
-        if value is not None:
-            setattr(section, field, value)
-    if overrides:
-        from pplug.config import apply_override
+    Raises:
+        PPlugError: an unknown method/field or a value the config refuses (one line, exit 2).
+    """
+    from pplug.config import LORA_METHODS, apply_override, config_from_spec, validate
+    from pplug.errors import PPlugError
 
-        for o in overrides:
+    try:
+        cfg = config_from_spec(method, str(data))
+        cfg.task = task or ""
+        optim, prefix = (cfg.lora, "task_") if cfg.method in LORA_METHODS else (cfg.train, "")
+        pairs = [(cfg.backbone, "name_or_path", backbone), (cfg.encoder, "name_or_path", encoder),
+                 (optim, f"{prefix}epochs", epochs), (optim, f"{prefix}lr", lr), (cfg.train, "batch_size", batch_size),
+                 (cfg.train, "max_steps", max_steps), (cfg.train, "limit", train_limit),
+                 (cfg.train, "dev_limit", dev_limit), (cfg.train, "seed", seed),
+                 (cfg.plug, "n_persona_tokens", persona_tokens), (cfg.train, "augment_copies", augment_copies),
+                 (cfg.train, "class_balanced", class_balanced), (cfg.plug, "train_input_encoder", train_input_encoder),
+                 (cfg.retrieval, "k", k), (cfg.retrieval, "retriever", retriever), (cfg.lora, "users", users)]
+        for section, field, value in pairs:
+            if value is not None:
+                setattr(section, field, value)
+        for o in overrides or []:
             apply_override(cfg, o)
-    return validate(cfg)
+        return validate(cfg)
+    except (ValueError, TypeError) as e:  # a dataclass check the config layer did not phrase as a PPlugError
+        raise PPlugError(f"config: {e}") from e
+
+
+def _d(section: str, name: str) -> str:
+    """``--help`` default of a config field (flags left unset keep the config default)."""
+    from pplug.backbones import BackboneConfig
+    from pplug.config import LoraConfig, RetrievalConfig
+    from pplug.encoders import EncoderConfig
+    from pplug.plug import PlugConfig
+    from pplug.training import TrainConfig
+
+    classes = {"train": TrainConfig, "plug": PlugConfig, "retrieval": RetrievalConfig, "lora": LoraConfig,
+               "backbone": BackboneConfig, "encoder": EncoderConfig}
+    return default_of(classes[section], name)
 
 
 def train(
-    method: Annotated[str, Opt(help="Method, optionally with a variant: pplug, pplug:no_persona, rag-bm25, ...")],
+    method: Annotated[str, Opt(help="Method, optionally with a variant: pplug, pplug:no_persona, rag-bm25, ... "
+                                    "(`pplug methods`).")],
     data: Annotated[Path, Opt(help="Data folder (LaMP or JSONL layout) with train (and dev) splits.")],
     out: Annotated[Path, Opt(help="Run folder to write (config, trainable weights, reports).")],
     task: Annotated[str | None, Opt(help="Task name (default: inferred from the data folder).")] = None,
-    backbone: Annotated[str | None, Opt(help="Backbone: 'smollm2-135m' (bundled) or a local HF folder.")] = None,
-    encoder: Annotated[str | None, Opt(help="Encoder: 'all-minilm-l6-v2' (bundled) or a local folder.")] = None,
-    epochs: Annotated[int | None, Opt(help="Training epochs (LoRA methods: of the task stage).")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate (LoRA methods: of the task stage).")] = None,
-    batch_size: Annotated[int | None, Opt(help="Examples per micro-batch.")] = None,
-    max_steps: Annotated[int | None, Opt(help="Stop after N optimizer steps (quick runs).")] = None,
-    limit: Annotated[int | None, Opt(help="Use only the first N train questions.")] = None,
-    dev_limit: Annotated[int | None, Opt(help="Evaluate on only the first N dev questions per epoch.")] = None,
-    seed: Annotated[int | None, Opt(help="Random seed.")] = None,
-    persona_tokens: Annotated[int | None, Opt(help="PPlug: persona soft tokens per user.")] = None,
-    augment_copies: Annotated[int | None, Opt(help="History augmentation copies per example (0 = off).")] = None,
-    class_balanced: Annotated[bool | None, Opt("--class-balanced/--no-class-balanced",
-                                               help="Classification: inverse-frequency loss weights.")] = None,
-    train_input_encoder: Annotated[bool | None, Opt("--train-input-encoder/--frozen-input-encoder",
-                                                    help="PPlug: fine-tune the input encoder or freeze it.")] = None,
-    k: Annotated[int | None, Opt(help="Retrieval: items in the prompt.")] = None,
-    retriever: Annotated[str | None, Opt(help="Retrieval: bm25 | dense | recency.")] = None,
-    users: Annotated[int | None, Opt(help="OPPU: personalize only the first N test users.")] = None,
-    set_: Annotated[list[str] | None, Opt("--set", help="Any config field: section.field=value.")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue from the run folder's last epoch checkpoint.")] = False,
+    backbone: Annotated[str | None, Opt(help="Backbone: 'smollm2-135m' (bundled) or a local HF folder.",
+                                        show_default=_d("backbone", "name_or_path"))] = None,
+    encoder: Annotated[str | None, Opt(help="Encoder: 'all-minilm-l6-v2' (bundled) or a local folder.",
+                                       show_default=_d("encoder", "name_or_path"))] = None,
+    epochs: Annotated[int | None, Opt(min=1, help="Training epochs (LoRA methods: of the task stage).",
+                                      show_default=_d("train", "epochs"))] = None,
+    lr: Annotated[float | None, Opt(min=0, help="Peak learning rate (LoRA methods: of the task stage).",
+                                    show_default=_d("train", "lr"))] = None,
+    batch_size: Annotated[int | None, Opt(min=1, help="Examples per micro-batch.",
+                                          show_default=_d("train", "batch_size"))] = None,
+    max_steps: Annotated[int | None, Opt(min=1, help="Stop after N optimizer steps (bounds a quick run).",
+                                         show_default=_d("train", "max_steps"))] = None,
+    train_limit: Annotated[int | None, Opt(min=0, help="Train on only the first N train questions.",
+                                           show_default=_d("train", "limit"))] = None,
+    dev_limit: Annotated[int | None, Opt(min=0, help="Select epochs on only the first N dev questions.",
+                                         show_default=_d("train", "dev_limit"))] = None,
+    seed: Annotated[int | None, Opt(help="Random seed.", show_default=_d("train", "seed"))] = None,
+    persona_tokens: Annotated[int | None, Opt(min=1, help="PPlug: persona soft tokens per user.",
+                                              show_default=_d("plug", "n_persona_tokens"))] = None,
+    augment_copies: Annotated[int | None, Opt(min=0, help="History augmentation copies per example (0 = off; "
+                                                          "each copy is another pass over the data).",
+                                              show_default=_d("train", "augment_copies"))] = None,
+    class_balanced: Annotated[bool | None, Opt("--class-balanced/--no-class-balanced", metavar="",
+                                               help="Classification: inverse-frequency loss weights.",
+                                               show_default=_d("train", "class_balanced"))] = None,
+    train_input_encoder: Annotated[bool | None, Opt("--train-input-encoder/--frozen-input-encoder", metavar="",
+                                                    help="PPlug: fine-tune the input encoder or freeze it.",
+                                                    show_default=_d("plug", "train_input_encoder"))] = None,
+    k: Annotated[int | None, Opt(min=0, help="Retrieval: items in the prompt.", show_default=_d("retrieval", "k"))]
+    = None,
+    retriever: Annotated[str | None, Opt(help="Retrieval: bm25 | dense | recency.",
+                                         show_default=_d("retrieval", "retriever"))] = None,
+    users: Annotated[int | None, Opt(min=0, help="OPPU: personalize only the first N test users.",
+                                     show_default=_d("lora", "users"))] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="Any config field: section.field=value (repeatable).")]
+    = None,
+    resume: Annotated[bool, Opt("--resume/--no-resume", metavar="", help="Continue from the run folder's last epoch "
+                                                             "checkpoint (kept by an interrupted run).")] = False,
+    keep_checkpoint: Annotated[bool, Opt("--keep-checkpoint/--no-keep-checkpoint", metavar="",
+                                         help="Keep checkpoint/ (optimizer + resume state) after training.")]
+    = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Train a method on the train split, keep the best dev epoch, write the run folder."""
+    """Train a method on the train split, keep the best dev epoch, write the run folder.
+
+    Cost: steps = epochs x train questions x (1 + augment copies) / batch size; a step of 8 examples takes
+    a few seconds on CPU with the bundled model. Bound a first run with --max-steps or --augment-copies 0.
+    """
     from pplug.runner import train_run
 
-    cfg = build_config(method, data, task, backbone, encoder, epochs, lr, batch_size, max_steps, limit,
+    apply_quiet(quiet)
+    cfg = build_config(method, data, task, backbone, encoder, epochs, lr, batch_size, max_steps, train_limit,
                        dev_limit, seed, persona_tokens, augment_copies, class_balanced, train_input_encoder,
                        k, retriever, users, set_)
-    report = train_run(cfg, out, resume=resume)
+    report = train_run(cfg, out, resume=resume, keep_checkpoint=keep_checkpoint)
     report.pop("history", None)
     typer.echo(json.dumps(report, indent=1))
 
@@ -83,25 +131,32 @@ def train(
 RunOpt = Annotated[Path, Opt(help="A run folder made by `pplug train`.")]
 DataOpt = Annotated[Path, Opt(help="Data folder.")]
 SplitOpt = Annotated[str, Opt(help="train | dev | test")]
-LimitOpt = Annotated[int | None, Opt(help="Only the first N questions.")]
-SwapOpt = Annotated[bool, Opt("--swap-history", help="Diagnostic: give each question another user's history.")]
+LimitOpt = Annotated[int | None, Opt(min=0, help="Only the first N questions of the split.", show_default="all")]
+SwapOpt = Annotated[bool, Opt("--swap-history/--no-swap-history", metavar="",
+                              help="Diagnostic: give each question another user's history.")]
+SetOpt = Annotated[list[str] | None, Opt("--set", help="Decoding/retrieval setting for this call: decode.field=value "
+                                                       "or retrieval.field=value (e.g. decode.num_beams=4, "
+                                                       "decode.classify=rank); repeatable.")]
 
 
 def predict(run: RunOpt, data: DataOpt, out: Annotated[Path, Opt(help="Prediction file (LaMP format).")],
-            split: SplitOpt = "test", limit: LimitOpt = None, swap_history: SwapOpt = False) -> None:
+            split: SplitOpt = "test", limit: LimitOpt = None, swap_history: SwapOpt = False, set_: SetOpt = None,
+            quiet: QuietOpt = False) -> None:
     """Predict a split with a trained run; writes {"task", "golds": [{"id", "output"}]}."""
     from pplug.runner import predict_run
 
-    _, timing, _ = predict_run(run, data, split, limit, swap_history, out=out)
+    apply_quiet(quiet)
+    _, timing, _ = predict_run(run, data, split, limit, swap_history, out=out, overrides=set_)
     typer.echo(json.dumps({"predictions": str(out)} | timing))
 
 
 def eval_(run: RunOpt, data: DataOpt, split: SplitOpt = "test", limit: LimitOpt = None,
-          swap_history: SwapOpt = False) -> None:
-    """Predict and score a split; prints a JSON object of metrics and timing."""
+          swap_history: SwapOpt = False, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Predict and score a split; prints a JSON object of metrics and timing. Exit 2 when the split has no golds."""
     from pplug.runner import eval_run
 
-    typer.echo(json.dumps(eval_run(run, data, split, limit, swap_history), indent=1))
+    apply_quiet(quiet)
+    typer.echo(json.dumps(eval_run(run, data, split, limit, swap_history, overrides=set_), indent=1))
 
 
 def methods() -> None:

@@ -74,6 +74,10 @@ def serve(
         return
     if not config.runs:
         raise PPlugError("pass --run RUN (a run folder made by `pplug train`), or --create-tenant NAME")
+    from pplug.runner import runtime_config
+
+    for r in config.runs:
+        runtime_config(r)  # config and weights present: fail before printing a URL or loading models
     import uvicorn
 
     if threads is not None:

@@ -40,6 +40,10 @@ class Method(Protocol):
         """Load the state saved by ``fit`` from ``run_dir``."""
         ...
 
+    def save(self, run_dir: Path) -> None:
+        """Write the method's weights (never the backbone) into ``run_dir`` so ``load`` can read them back."""
+        ...
+
 
 MethodBuilder = Callable[..., Method]
 _METHODS: dict[str, MethodBuilder] = {}

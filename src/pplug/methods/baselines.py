@@ -15,6 +15,7 @@ from pplug.config import RunConfig
 from pplug.data.records import HistoryItem, Question
 from pplug.label_prior import combine, resolve_auto
 from pplug.methods.base import Prediction, register_method
+from pplug.progress import batches
 from pplug.resources import Resources
 from pplug.retrieval import Retriever, build_retriever
 from pplug.tasks import Task, get_task
@@ -99,7 +100,7 @@ def generate_predictions(backbone, task: Task, questions: Sequence[Question], te
     """Batched deterministic decoding + parsing for plain-text prompts."""
     preds: list[Prediction] = []
     with torch.no_grad():
-        for i in range(0, len(questions), decode.batch_size):
+        for i in batches(len(questions), decode.batch_size, "predict"):
             qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
             built = backbone.build([PromptParts(text=t, body_start=task.body_start(t)) for t in ts])
             label_scores: list[list[float]] = []
@@ -131,6 +132,10 @@ class PromptMethod:
 
     def load(self, run_dir: Path) -> None:
         return None
+
+    def save(self, run_dir: Path) -> None:
+        """Nothing to save: the method has no trained state (its config says everything)."""
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
 
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
         """Onboarding = indexing her history: BM25 builds its index per request from the stored items (timed

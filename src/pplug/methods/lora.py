@@ -42,8 +42,10 @@ from pplug.errors import PPlugError
 from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import RagPrompter, generate_predictions
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
+from pplug.progress import bar_items
 from pplug.resources import Resources
 from pplug.retrieval import build_retriever
+from pplug.runfiles import copy_tree
 from pplug.scoring import score_predictions
 from pplug.tasks import Task, get_task
 from pplug.training import TrainConfig, set_seed, train_loop
@@ -271,6 +273,13 @@ class LoraMethod:
         self.run_dir = Path(run_dir)
         self._finish_task_stage(quiet(peft.PeftModel.from_pretrained, self.backbone.model, str(task_dir)))
 
+    def save(self, run_dir: Path) -> None:
+        """Copy the task adapter and the per-user adapters (OPPU) of the loaded run into ``run_dir``."""
+        if self.run_dir is None:
+            raise PPlugError(f"{self.name}: call fit or load before save")
+        for sub in (TASK_DIR, USERS_DIR):
+            copy_tree(self.run_dir / sub, Path(run_dir) / sub)
+
     # ---- prediction -------------------------------------------------------------------------------
     def _generate(self, questions: Sequence[Question]) -> list[Prediction]:
         texts = [self.prompter.text(q) for q in questions]
@@ -288,7 +297,7 @@ class LoraMethod:
         limit = self.config.lora.users
         preds: list[Prediction | None] = [None] * len(questions)
         self.last_report = {"personalized": [], "trained": [], "reused": [], "not_personalized": []}
-        for user, idx in groups.items():
+        for user, idx in bar_items(groups.items(), f"{self.name} users"):
             qs = [questions[i] for i in idx]
             adapter, info = None, {"user": user, "adapter": "task", "personalized": False,
                                    "reason": f"beyond the first lora.users={limit} users of this run"}

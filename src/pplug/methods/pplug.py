@@ -23,6 +23,7 @@ from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import decode_outputs
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.plug import PersonaPlug, PlugOutput
+from pplug.progress import batches
 from pplug.resources import Resources
 from pplug.retrieval import most_recent
 from pplug.scoring import score_predictions
@@ -239,7 +240,7 @@ class PPlugMethod:
         dec = self.config.decode
         all_profiles = swapped_profiles(questions) if dec.swap_history else [q.profile for q in questions]
         preds: list[Prediction] = []
-        for i in range(0, len(questions), dec.batch_size):
+        for i in batches(len(questions), dec.batch_size, f"{self.name} predict"):
             qs = list(questions[i:i + dec.batch_size])
             profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
             vecs = None

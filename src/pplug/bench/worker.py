@@ -4,7 +4,7 @@ OPPU's first stage is exactly ``task-lora`` (same data, LoRA and training settin
 already trained ``task-lora`` with an identical configuration, its task adapter and checkpoint are copied
 into the OPPU run instead of training them again (the train seconds carried over are the original ones).
 
-Writes ``RUN/bench_result.json``. Called by ``pplug.bench``; not meant to be run by hand.
+Writes ``RUN/bench_result.json``. Called by ``pplug.bench.run``; not meant to be run by hand.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pplug.bench import plain_spec_dir
+from pplug.bench.report import plain_spec_dir
 from pplug.config import RunConfig, config_from_spec
 from pplug.data import load_split, resolve_task
+from pplug.errors import PPlugError
 from pplug.resources import Resources
 from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
 
@@ -94,7 +96,7 @@ def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str,
     else:
         cfg.task = cfg.task or resolve_task(data)
         shared = share_task_stage(cfg, run_dir)
-        report = train_run(cfg, run_dir, resources, resume=True)
+        report = train_run(cfg, run_dir, resources, resume=True, keep_checkpoint=True)  # resume + OPPU sharing
         if shared:
             report["task_stage_from"] = shared
     limit, split = bench.get("limit"), bench.get("split", "test")
@@ -121,9 +123,17 @@ def main() -> None:
     ap.add_argument("--run", required=True)
     ap.add_argument("--bench-config", required=True)
     a = ap.parse_args()
+    from pplug.progress import enabled, set_quiet
+
+    if not enabled():  # the bench ran with --quiet (PPLUG_QUIET=1): the model loaders' bars too
+        set_quiet(True)
     run_dir = Path(a.run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = run(a.spec, a.data, run_dir, json.loads(a.bench_config))
+    try:
+        result = run(a.spec, a.data, run_dir, json.loads(a.bench_config))
+    except PPlugError as e:  # a user error: one clear last line in the log, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     (run_dir / "bench_result.json").write_text(json.dumps(result, indent=1))
 
 

@@ -90,6 +90,17 @@ def check_targets(kind: str, rows: list[dict[str, Any]],
 
 
 def targets_markdown(verdicts: list[dict[str, Any]]) -> str:
-    """A markdown list: met / NOT met / not measured, with the figures."""
+    """A markdown list: met / NOT met / not measured, with the figures; the per-method checks against the
+    user's-majority heuristic are folded into one line."""
     word = {True: "met", False: "**NOT met**", None: "not measured"}
-    return "\n".join(f"- {v['target']}: {word[v['met']]} ({v['detail']})" for v in verdicts)
+    suffix = " beats the user's-majority heuristic"
+    lines = [f"- {v['target']}: {word[v['met']]} ({v['detail']})" for v in verdicts
+             if not v["target"].endswith(suffix)]
+    vs = [v for v in verdicts if v["target"].endswith(suffix)]
+    if vs:
+        ref = vs[0]["detail"].split(" vs ")[1].split(":")[0]
+        winners = [v["target"].removesuffix(suffix) for v in vs if v["met"]]
+        shown = ", ".join(f"{v['target'].removesuffix(suffix)} {v['detail'].split(' vs ')[0]}" for v in vs)
+        verdict = f"met by {', '.join(winners)}" if winners else "**NOT met** by any LLM method"
+        lines.append(f"- an LLM method beats the user's-majority heuristic ({ref}): {verdict} ({shown})")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Shared CLI option helpers: defaults shown in ``--help`` from the config dataclasses, the quiet switch."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+from typing import Annotated, Any
+
+import typer
+
+QuietOpt = Annotated[bool, typer.Option("--quiet/--progress", "-q", metavar="",
+                                        help="Hide progress bars (they go to stderr; JSON results go to stdout).")]
+
+
+def default_of(section: type, name: str) -> str:
+    """The config default of ``section.name`` as ``--help`` shows it (e.g. ``2``, ``smollm2-135m``)."""
+    f = next(f for f in fields(section) if f.name == name)
+    value: Any = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def apply_quiet(quiet: bool) -> None:
+    """Switch progress bars off for this command when ``--quiet`` was given (the global flag also counts)."""
+    if quiet:
+        from pplug.progress import set_quiet
+
+        set_quiet(True)
