@@ -83,7 +83,8 @@ def create_app(config: ServerConfig, resources: Resources | None = None) -> Fast
     app.include_router(generate_router)
     _add_service_routes(app)
 
-    app.add_middleware(Guard, state=state, router=app.router)  # limits, keys, rate limits, metrics
+    # bodies, keys, rate limits and metrics, before any route
+    app.add_middleware(Guard, state=state, templates=lambda: app.openapi()["paths"])
     quiet_query_strings()
 
     return app

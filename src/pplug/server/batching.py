@@ -203,6 +203,9 @@ class MicroBatcher:
 
 
 def _run_stoppable(run_batch: RunBatch, key: Hashable, payloads: list[Any], gave_up: Callable[[], bool]) -> list[Any]:
-    """``run_batch`` in the model thread, stopping early (``pplug.cancel``) once every caller gave up."""
+    """``run_batch`` in the model thread, stopping early (``pplug.cancel``) once every caller gave up; not at
+    all if they gave up while it waited for the thread (the results are then never read)."""
+    if gave_up():
+        return [None] * len(payloads)
     with stop_when(gave_up):
         return run_batch(key, payloads)

@@ -16,12 +16,13 @@ unhandled error into a 500 without the server dying.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pplug.server.auth import hash_key
@@ -38,16 +39,17 @@ class BodyTooLarge(Exception):
 
 
 class Guard:
-    """The middleware (``app.add_middleware(Guard, state=..., router=app.router)``).
+    """The middleware (``app.add_middleware(Guard, state=..., templates=...)``).
 
     Args:
         app: the wrapped ASGI app.
         state: the server state (config, store, metrics).
-        router: the app's router, to label refused requests by their route template.
+        templates: gives the app's route templates (``/v1/users/{user_id}``), to label refused requests.
     """
 
-    def __init__(self, app: ASGIApp, state: Any, router: Router):
-        self.app, self.state, self.router = app, state, router
+    def __init__(self, app: ASGIApp, state: Any, templates: Callable[[], Iterable[str]]):
+        self.app, self.state, self.templates = app, state, templates
+        self._patterns: list[tuple[re.Pattern, str]] | None = None
         cfg = state.config
         self.tenant_limit = RateLimiter(cfg.rate_limit, cfg.rate_limit_storage, "pplug-tenant")
         self.auth_limit = RateLimiter(cfg.auth_fail_limit, cfg.rate_limit_storage, "pplug-auth-fail")
@@ -122,10 +124,13 @@ class Guard:
         return error_response(413, f"request body of {length} bytes; the limit is {limit} (max_body_bytes)")
 
     def _template(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is None:  # refused before routing: find the route it was for
-            route = next((r for r in self.router.routes if r.matches(scope)[0] == Match.FULL), None)
-        return getattr(route, "path", "<unmatched>")
+        route = getattr(scope.get("route"), "path", None)
+        if route is None:  # refused before routing: find the route template it was for
+            if self._patterns is None:
+                self._patterns = [(re.compile(re.sub(r"\\{[^/]*?\\}", "[^/]+", re.escape(t)) + "$"), t)
+                                  for t in self.templates()]
+            route = next((t for rx, t in self._patterns if rx.match(scope["path"])), None)
+        return route or "<unmatched>"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -95,11 +95,14 @@ async def unless_disconnected(request: Request, pending: Pending) -> Personalize
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:
+        work.cancel()
         gone.cancel()
-        if not work.done():
-            work.cancel()  # drops the queued job (or stops its batch once nobody waits for it)
+        raise
+    gone.cancel()
     if work not in done:
+        work.cancel()  # drops the queued job (or stops its batch once nobody waits for it) ...
+        await asyncio.wait({work})  # ... once the cancellation reached it
         raise ApiError(499, "the client closed the request; its generation was cancelled")
     return work.result()
 
