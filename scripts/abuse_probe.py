@@ -73,7 +73,7 @@ async def costly(ctx: Ctx) -> tuple[str, str, bool]:
     return "413 at once (max_request_cost)", f"{r.status_code} in {s:.2f} s", r.status_code == 413 and s < 2
 
 
-@probe("B's small request while A runs the largest allowed one")
+@probe("B's small request while A runs an 8,000-char, 48-token one")
 async def heavy_and_small(ctx: Ctx) -> tuple[str, str, bool]:
     async with ctx.client("a") as a, ctx.client("b") as b:
         alone = (await timed(b.post("/v1/generate", json=ctx.gen("pb"))))[1]

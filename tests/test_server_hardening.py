@@ -412,3 +412,18 @@ def test_openai_stream_reports_a_failed_generation(client, monkeypatch):
                                         messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.APIError, match="out of memory"):
         list(stream)
+
+
+def test_abuse_probe_refuses_non_loopback_urls(monkeypatch):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "abuse_probe.py"
+    spec = importlib.util.spec_from_file_location("abuse_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "abuse_probe", probe)
+    spec.loader.exec_module(probe)
+    assert len(probe.PROBES) >= 14
+    with pytest.raises(SystemExit) as e:
+        probe.main(["--url", "http://10.1.2.3:8000", "--keys", "a,b,c,d"])
+    assert e.value.code == 2
