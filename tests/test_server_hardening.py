@@ -149,7 +149,13 @@ def test_generate_listens_to_stop_when(tiny_backbone_dir):
     assert len(calls) == 1  # asked once, after the first new token, and stopped
 
 
-def test_client_disconnect_cancels_queued_generation(tmp_path, topic_run, resources, monkeypatch):
+GONE = {"/v1/generate": {"user_id": "u", "task": "synth_topic", "input": "gone"},
+        "/v1/chat/completions": {"model": "synth_topic", "user": "u", "stream": True,
+                                 "messages": [{"role": "user", "content": "gone"}]}}
+
+
+@pytest.mark.parametrize("path", list(GONE))
+def test_client_disconnect_cancels_queued_generation(tmp_path, topic_run, resources, monkeypatch, path):
     app = app_with(tmp_path, topic_run, resources, max_batch_size=1, batch_window_ms=0)
     st = app.state.pplug
     method = st.models["synth-topic"].method
@@ -163,7 +169,7 @@ def test_client_disconnect_cancels_queued_generation(tmp_path, topic_run, resour
                                          headers=A) as c:
                 (await c.post("/v1/users/u/items", json={"items": [topic(0)]})).raise_for_status()
                 st.model_executor.submit(release.wait, 30)  # the model thread is busy
-                body = json.dumps({"user_id": "u", "task": "synth_topic", "input": "gone"}).encode()
+                body = json.dumps(GONE[path]).encode()
                 sent, replies = [], []
 
                 async def receive():
@@ -175,7 +181,7 @@ def test_client_disconnect_cancels_queued_generation(tmp_path, topic_run, resour
                 async def send(message):
                     replies.append(message)
 
-                scope = {"type": "http", "method": "POST", "path": "/v1/generate", "raw_path": b"/v1/generate",
+                scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
                          "query_string": b"", "headers": [(b"authorization", f"Bearer {KEY_A}".encode()),
                                                           (b"content-type", b"application/json")],
                          "client": ("127.0.0.1", 1), "server": ("t", 80), "scheme": "http", "http_version": "1.1",
@@ -186,7 +192,7 @@ def test_client_disconnect_cancels_queued_generation(tmp_path, topic_run, resour
                 return replies[0]["status"], ok.status_code
 
     status, ok = asyncio.run(go())
-    assert status == 499 and ok == 200 and inputs == ["stays"]
+    assert status == (499 if path == "/v1/generate" else 200) and ok == 200 and inputs == ["stays"]
 
 
 def test_tenant_rate_limit_is_429_with_retry_after(tmp_path, topic_run, resources):

@@ -166,7 +166,7 @@ async def chat_completions(body: ChatRequest, request: Request, st: State, tenan
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return event_stream(chat_chunks(cid, created, m.task.name, pending.result(), usage))
+        return event_stream(chat_chunks(cid, created, m.task.name, pending.result, usage))
     r = await unless_disconnected(request, pending)
     p = r.prediction
     return {"id": cid, "object": "chat.completion", "created": created, "model": m.task.name,

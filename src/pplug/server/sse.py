@@ -11,7 +11,7 @@ When the client disconnects, Starlette cancels the stream and with it the queued
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -31,9 +31,10 @@ def event_stream(events: AsyncIterator[dict[str, Any] | str]) -> StreamingRespon
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def chat_chunks(cid: str, created: int, model: str, result: Awaitable[Any],
+async def chat_chunks(cid: str, created: int, model: str, result: Callable[[], Awaitable[Any]],
                       include_usage: bool = False) -> AsyncIterator[dict[str, Any] | str]:
-    """The ``chat.completion.chunk`` events of one completion; ``result`` resolves to a ``Personalized``."""
+    """The ``chat.completion.chunk`` events of one completion; ``result()`` queues the job and resolves to a
+    ``Personalized`` (called only once the first chunk went out)."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
         return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -41,7 +42,7 @@ async def chat_chunks(cid: str, created: int, model: str, result: Awaitable[Any]
 
     yield chunk({"role": "assistant", "content": ""})
     try:
-        r = await result
+        r = await result()
     except ApiError as e:
         yield {"error": {"type": "server_error" if e.status >= 500 else "invalid_request", "code": e.status,
                          "message": e.message}}
