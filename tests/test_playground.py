@@ -357,3 +357,11 @@ def test_playground_in_a_real_browser(server, browser):
     by_id("refresh-metrics").click()
     _wait(d, lambda d: "Metrics unavailable: Paste your API key" in by_id("metrics-error").text, "the metrics error")
     assert key not in log_path.read_text()  # no secret in the server's log
+
+
+
+def test_user_list_offset_is_bounded(client):
+    """GET /v1/users refuses offsets past max_list_offset (2**63 used to overflow SQLite) like the item list."""
+    for q in ("offset=9223372036854775808", "offset=1000001", "limit=0", "limit=true"):
+        r = client.get(f"/v1/users?{q}", headers=A)
+        assert r.status_code == 422, (q, r.text)

@@ -250,7 +250,7 @@ def test_chat_completions(client):
     assert body["choices"][0]["message"]["role"] == "assistant" and body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["prompt_tokens"] > 0 and body["pplug"]["history_size"] == 2
     assert body["choices"][0]["message"]["content"] == gen(client, "ivy").json()["output"]
-    for change, param in (({"user": None}, "user"), ({"stream": True}, "stream"),
+    for change, param in (({"user": None}, "user"), ({"stream": "yes"}, "stream"),
                           ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
                           ({"max_tokens": 99}, "max_tokens")):
         r = client.post("/v1/chat/completions", headers=A, json=req | change)
@@ -319,7 +319,7 @@ def test_metrics(client):
     gen(client, "max")
     text = client.get("/metrics").text
     assert 'pplug_requests_total{method="POST",route="/v1/generate",status="200"}' in text
-    assert 'pplug_request_seconds_bucket{route="/v1/generate",le="+Inf"}' in text
+    assert 'pplug_request_seconds_bucket{method="POST",route="/v1/generate",le="+Inf"}' in text
     assert "pplug_batch_size_count" in text and "pplug_queue_seconds_sum" in text
     snap = client.get("/metrics", params={"format": "json"}).json()
     assert snap["batches"] >= 1 and snap["mean_batch_size"] >= 1

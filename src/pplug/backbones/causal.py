@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pplug.backbones.base import BackboneBase, Batch, PromptParts, no_labels, reduce_nll, token_nll
+from pplug.cancel import stopping_criteria
 
 PLACEHOLDER = "<<PPLUG_SOFT_TOKENS>>"
 
@@ -113,7 +114,8 @@ class CausalBackbone(BackboneBase):
         # transformers 5 returns only the new tokens when generating from inputs_embeds alone, and
         # derives position ids from the attention mask (cumsum - 1) exactly as `positions` does.
         out = self.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                  stopping_criteria=stopping_criteria())
         return self._decode(out)
 
     def score_options(self, batch: Batch, options: list[str]) -> Tensor:

@@ -7,6 +7,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutput
 
 from pplug.backbones.base import BackboneBase, Batch, PromptParts, no_labels, reduce_nll, token_nll
+from pplug.cancel import stopping_criteria
 
 
 class Seq2SeqBackbone(BackboneBase):
@@ -91,7 +92,8 @@ class Seq2SeqBackbone(BackboneBase):
         """
         no_labels(batch)
         out = self.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                  stopping_criteria=stopping_criteria())
         return self._decode(out[:, 1:])  # transformers 5 keeps the decoder start token in front
 
     def score_options(self, batch: Batch, options: list[str]) -> Tensor:

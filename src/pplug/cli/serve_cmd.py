@@ -1,7 +1,9 @@
 """``pplug serve``: the personalization server (FastAPI + uvicorn) for many users on one frozen model.
 
-Flags map onto ``pplug.server.config.ServerConfig`` fields. ``--create-tenant NAME`` prints a fresh API key
-once (stored hashed) and exits. Also runnable as ``python -m pplug.cli.serve_cmd``.
+Flags map onto ``pplug.server.config.ServerConfig`` fields. Key management (each prints JSON and exits):
+``--create-tenant NAME`` prints a fresh API key once (stored hashed); ``--list-keys``; ``--revoke-key ID``;
+``--rotate-key ID``; ``--delete-tenant NAME --yes`` (the tenant with all its data).
+Also runnable as ``python -m pplug.cli.serve_cmd``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,15 +22,35 @@ Opt = typer.Option
 
 def create_tenant_key(db_url: str, tenant: str, synchronous: str = "FULL") -> str:
     """Create ``tenant`` if needed and give it a fresh API key; returns the key (only its hash is stored)."""
-    from pplug.server.auth import hash_key, new_key
+    return manage_keys(db_url, synchronous, create_tenant=tenant)["api_key"]
+
+
+def manage_keys(db_url: str, synchronous: str = "FULL", create_tenant: str | None = None, list_keys: bool = False,
+                revoke_key: int | None = None, rotate_key: int | None = None,
+                delete_tenant: str | None = None) -> Any:
+    """Run the one key-management action asked for (see ``pplug.server.admin``); its JSON-able result.
+    Bad names and unknown ids raise PPlugError (one line, exit 2)."""
+    from pplug.errors import PPlugError
+    from pplug.server import admin
     from pplug.server.store import Store
 
-    key, store = new_key(), Store(db_url, synchronous)
+    store = Store(db_url, synchronous)
     try:
-        store.add_key(tenant, hash_key(key))
+        if create_tenant is not None:
+            return admin.create_key(store, create_tenant) | {"note": "shown once; only its hash is stored"}
+        if list_keys:
+            return admin.list_keys(store)
+        if revoke_key is not None:
+            return admin.revoke_key(store, revoke_key)
+        if rotate_key is not None:
+            return admin.rotate_key(store, rotate_key) | {"note": "shown once; the old key no longer works"}
+        if delete_tenant is not None:
+            return admin.delete_tenant(store, delete_tenant)
+        raise PPlugError("no key-management action given")
+    except (ValueError, admin.AdminError) as e:
+        raise PPlugError(str(e)) from None
     finally:
         store.close()
-    return key
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -55,8 +77,30 @@ def serve(
     max_history_items: Annotated[int, Opt(help="History items per user (413 beyond).")] = 5000,
     sqlite_synchronous: Annotated[str, Opt(help="SQLite synchronous: FULL or NORMAL.")] = "FULL",
     threads: Annotated[int | None, Opt(help="torch CPU threads (default: torch's).")] = None,
+    max_body_bytes: Annotated[int, Opt(help="Request body limit in bytes (413 beyond; chunked bodies too).")]
+    = 4_000_000,
+    max_request_cost: Annotated[int, Opt(help="Generate cost cap: input tokens x beams x new tokens (413 beyond).")]
+    = 300_000,
+    request_timeout_s: Annotated[float, Opt(help="Per-request generation deadline in seconds (504 beyond).")] = 60.0,
+    max_queue_per_tenant: Annotated[int, Opt(help="One tenant's waiting generate requests (429 beyond).")] = 64,
+    rate_limit: Annotated[str, Opt(help="Per-tenant rate on /v1, e.g. '600/minute' ('' = off; 429 beyond).")] = "",
+    auth_fail_limit: Annotated[str, Opt(help="Failed key checks per client address ('' = off; 429 beyond).")]
+    = "30/minute",
+    rate_limit_storage: Annotated[str, Opt(help="`limits` storage URI (redis://... to share across replicas).")]
+    = "memory://",
+    metrics_key: Annotated[str | None, Opt(envvar="PPLUG_METRICS_KEY", help="Require 'Bearer KEY' on /metrics "
+                                                                             "(better set PPLUG_METRICS_KEY).")]
+    = None,
     create_tenant: Annotated[str | None, Opt(help="Create a tenant (or add a key to it), print its new API "
                                                   "key once, and exit.")] = None,
+    list_keys: Annotated[bool, Opt("--list-keys", help="List keys (id, tenant, fingerprint; never the key) and exit.")]
+    = False,
+    revoke_key: Annotated[int | None, Opt(help="Revoke the key with this id (see --list-keys) and exit.")] = None,
+    rotate_key: Annotated[int | None, Opt(help="Replace the key with this id by a new one (printed once) and exit.")]
+    = None,
+    delete_tenant: Annotated[str | None, Opt(help="Delete this tenant with all its users, items and keys, and exit "
+                                                  "(needs --yes).")] = None,
+    yes: Annotated[bool, Opt("--yes", help="Confirm --delete-tenant.")] = False,
     log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve personalized generation for many users on one frozen LLM (docs at /docs)."""
@@ -66,11 +110,19 @@ def serve(
     config = ServerConfig(runs=[str(r) for r in run or []], db_url=db or "", batch_window_ms=batch_window_ms,
                           max_batch_size=max_batch_size, max_input_chars=max_input_chars,
                           max_items_per_request=max_items_per_request, max_history_items=max_history_items,
-                          sqlite_synchronous=sqlite_synchronous)
-    if create_tenant is not None:
-        key = create_tenant_key(config.resolved_db_url(), create_tenant, config.sqlite_synchronous)
-        typer.echo(json.dumps({"tenant": create_tenant, "api_key": key,
-                               "note": "shown once; only its hash is stored"}))
+                          sqlite_synchronous=sqlite_synchronous, max_body_bytes=max_body_bytes,
+                          max_request_cost=max_request_cost, request_timeout_s=request_timeout_s,
+                          max_queue_per_tenant=max_queue_per_tenant, rate_limit=rate_limit,
+                          auth_fail_limit=auth_fail_limit, rate_limit_storage=rate_limit_storage,
+                          metrics_key=metrics_key or None)
+    if delete_tenant is not None and not yes:
+        raise PPlugError(f"--delete-tenant {delete_tenant} deletes all its users and items: add --yes to confirm")
+    actions = dict(create_tenant=create_tenant, list_keys=list_keys, revoke_key=revoke_key, rotate_key=rotate_key,
+                   delete_tenant=delete_tenant)
+    if sum(v not in (None, False) for v in actions.values()) > 1:
+        raise PPlugError("give one of --create-tenant, --list-keys, --revoke-key, --rotate-key, --delete-tenant")
+    if any(v not in (None, False) for v in actions.values()):
+        typer.echo(json.dumps(manage_keys(config.resolved_db_url(), config.sqlite_synchronous, **actions)))
         return
     if not config.runs:
         raise PPlugError("pass --run RUN (a run folder made by `pplug train`), or --create-tenant NAME")
@@ -94,9 +146,11 @@ def serve(
     sys.stdout.flush()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pplug.server.app import create_app
+    from pplug.server.logs import quiet_query_strings
 
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+    quiet_query_strings()  # after uvicorn configured its loggers
     server.run(sockets=[sock])
 
 

@@ -17,13 +17,12 @@ Every /v1 route needs ``Authorization: Bearer <tenant key>``; a tenant only ever
 
 from __future__ import annotations
 
+import hmac
 import logging
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -34,7 +33,9 @@ from pplug.server.auth import hash_key
 from pplug.server.batching import MicroBatcher
 from pplug.server.config import ServerConfig
 from pplug.server.deps import ServerState, State
-from pplug.server.errors import error_response, install_error_handlers
+from pplug.server.errors import ApiError, install_error_handlers
+from pplug.server.guard import Guard
+from pplug.server.logs import quiet_query_strings
 from pplug.server.metrics import Metrics
 from pplug.server.playground import router as playground_router
 from pplug.server.routes_generate import router as generate_router
@@ -63,7 +64,7 @@ def create_app(config: ServerConfig, resources: Resources | None = None) -> Fast
     metrics = Metrics()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pplug-model")
     batcher = MicroBatcher(partial(run_batch, models), executor, config.batch_window_ms, config.max_batch_size,
-                           config.max_queue, metrics)
+                           config.max_queue, metrics, config.max_queue_per_tenant)
     state = ServerState(config, store, models, metrics, batcher, executor)
 
     @asynccontextmanager
@@ -86,23 +87,9 @@ def create_app(config: ServerConfig, resources: Resources | None = None) -> Fast
     app.include_router(playground_router)
     _add_service_routes(app)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > config.max_body_bytes:
-            response: Response = error_response(413, f"request body of {length} bytes; the limit is "
-                                                      f"{config.max_body_bytes} (max_body_bytes)")
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # the server never dies on a request
-                log.exception("unhandled error on %s %s", request.method, request.url.path)
-                response = error_response(500, "internal server error")
-        route = request.scope.get("route")
-        metrics.observe_request(request.method, getattr(route, "path", "<unmatched>"), response.status_code,
-                                time.perf_counter() - t0)
-        return response
+    # bodies, keys, rate limits and metrics, before any route
+    app.add_middleware(Guard, state=state, templates=lambda: app.openapi()["paths"])
+    quiet_query_strings()
 
     return app
 
@@ -121,8 +108,14 @@ def _add_service_routes(app: FastAPI) -> None:
                                           "max_batch_size": st.config.max_batch_size}})
 
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
-    async def metrics(st: State, format: str = "prometheus") -> Response:
-        """Request counts, latency and batch-size histograms (Prometheus text; ``?format=json`` for JSON)."""
+    async def metrics(request: Request, st: State, format: str = "prometheus") -> Response:
+        """Request counts, latency and batch-size histograms (Prometheus text; ``?format=json`` for JSON).
+        Needs ``Authorization: Bearer <metrics_key>`` when the server has a metrics key."""
+        if st.config.metrics_key:
+            sent = request.headers.get("authorization", "").partition(" ")[2].strip()
+            if not hmac.compare_digest(sent.encode(), st.config.metrics_key.encode()):
+                raise ApiError(401, "/metrics needs 'Authorization: Bearer <metrics key>'",
+                               headers={"WWW-Authenticate": "Bearer"})
         if format == "json":
             return JSONResponse(st.metrics.snapshot())
         return PlainTextResponse(st.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -14,6 +14,7 @@ from pplug.server.auth import hash_key
 from pplug.server.batching import MicroBatcher
 from pplug.server.config import ServerConfig
 from pplug.server.errors import ApiError
+from pplug.server.guard import TENANT_SCOPE_KEY
 from pplug.server.metrics import Metrics
 from pplug.server.runtime import TaskModel, task_key
 from pplug.server.store import Store
@@ -48,7 +49,10 @@ _bearer = HTTPBearer(auto_error=False, description="A tenant API key (`pplug ser
 
 async def get_tenant(request: Request,
                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> int:
-    """The tenant id owning the request's bearer key; 401 when the key is missing or unknown."""
+    """The tenant id owning the request's bearer key; 401 when the key is missing or unknown. The guard
+    (``pplug.server.guard``) has checked the key already on ``/v1``; this only repeats it off that path."""
+    if (tenant := request.scope.get(TENANT_SCOPE_KEY)) is not None:
+        return tenant
     challenge = {"WWW-Authenticate": "Bearer"}
     if creds is None or not creds.credentials:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)

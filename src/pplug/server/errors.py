@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("pplug.server")
 
 _TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          413: "too_large", 422: "invalid_request", 500: "internal_error", 503: "unavailable"}
+          413: "too_large", 422: "invalid_request", 429: "rate_limited", 499: "client_closed_request",
+          500: "internal_error", 503: "unavailable", 504: "timeout"}
 
 
 class ApiError(Exception):

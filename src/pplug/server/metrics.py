@@ -49,7 +49,7 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()  # (method, route template, status)
-        self.latency: dict[str, Histogram] = {}  # route template -> seconds
+        self.latency: dict[tuple[str, str], Histogram] = {}  # (method, route template) -> seconds
         self.batch_size = Histogram(BATCH_BUCKETS)  # generate requests per backbone call
         self.batch_seconds = Histogram(LATENCY_BUCKETS)  # backbone call duration
         self.queue_seconds = Histogram(LATENCY_BUCKETS)  # wait from enqueue to the start of its batch
@@ -57,7 +57,7 @@ class Metrics:
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self.requests[(method, route, status)] += 1
-            self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
+            self.latency.setdefault((method, route), Histogram(LATENCY_BUCKETS)).observe(seconds)
 
     def observe_batch(self, size: int, seconds: float, waits: list[float]) -> None:
         with self._lock:
@@ -83,9 +83,10 @@ class Metrics:
                    "# TYPE pplug_requests_total counter"]
             out += [f'pplug_requests_total{{method="{m}",route="{r}",status="{s}"}} {c}'
                     for (m, r, s), c in sorted(self.requests.items())]
-            out += ["# HELP pplug_request_seconds HTTP request latency.", "# TYPE pplug_request_seconds histogram"]
-            for route, h in sorted(self.latency.items()):
-                out += h.lines("pplug_request_seconds", f'route="{route}"')
+            out += ["# HELP pplug_request_seconds HTTP request latency by method and route template.",
+                    "# TYPE pplug_request_seconds histogram"]
+            for (method, route), h in sorted(self.latency.items()):
+                out += h.lines("pplug_request_seconds", f'method="{method}",route="{route}"')
             for name, h, text in (("pplug_batch_size", self.batch_size, "Generate requests per backbone call."),
                                   ("pplug_batch_seconds", self.batch_seconds, "Backbone call duration."),
                                   ("pplug_queue_seconds", self.queue_seconds, "Wait before a request's batch ran.")):

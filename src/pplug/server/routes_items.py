@@ -6,7 +6,8 @@ import asyncio
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from pplug.data.records import HistoryItem
@@ -22,12 +23,28 @@ from pplug.server.schemas import (
     ItemOut,
     UserInfo,
     UserList,
+    normal_user_id,
+    valid_text,
 )
 from pplug.server.store import LimitExceeded, NewItem, NotFound
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
-UserId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN, description="The user (your id).")]
-ItemId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN)]
+UserId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN,
+                             description="The user (your id; valid UTF-8, NFC-normalised)."),
+                   AfterValidator(normal_user_id)]
+ItemId = Annotated[str, Path(min_length=1, max_length=256, pattern=ID_PATTERN), AfterValidator(valid_text)]
+
+
+async def count_items_first(request: Request, st: State, _: Tenant) -> None:
+    """The items-per-request cap, checked on the parsed JSON before any item is validated (413)."""
+    try:
+        items = (await request.json()).get("items")
+    except (ValueError, AttributeError):  # not JSON or not an object: the body validation says so
+        return
+    limit = st.config.max_items_per_request
+    if isinstance(items, list) and len(items) > limit:
+        raise ApiError(413, f"{len(items)} items in one request; the limit is {limit} (max_items_per_request): "
+                            "split the write", "items")
 
 
 def not_found(e: NotFound) -> ApiError:
@@ -59,6 +76,7 @@ def _check(st: State, body: AddItemsRequest) -> list[HistoryItem]:
 
 
 @router.post("/{user_id}/items", status_code=201, response_model=AddItemsResponse,
+             dependencies=[Depends(count_items_first)],
              responses={413: {"description": "too many items, an item too long, or the history full"}})
 async def add_items(user_id: UserId, body: AddItemsRequest, st: State, tenant: Tenant) -> AddItemsResponse:
     """Append items to a user's history (the user is created on her first write). Each item is embedded
@@ -78,6 +96,9 @@ async def list_items(user_id: UserId, st: State, tenant: Tenant,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                      offset: Annotated[int, Query(ge=0)] = 0) -> ItemList:
     """A page of the user's history items, oldest first."""
+    if offset > st.config.max_list_offset:
+        raise ApiError(422, f"offset={offset} is above the limit {st.config.max_list_offset} (max_list_offset)",
+                       "offset")
     try:
         rows, total = await run_in_threadpool(st.store.list_items, tenant, user_id, limit, offset)
     except NotFound as e:
@@ -89,6 +110,9 @@ async def list_items(user_id: UserId, st: State, tenant: Tenant,
 async def list_users(st: State, tenant: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                      offset: Annotated[int, Query(ge=0)] = 0) -> UserList:
     """A page of your users (oldest first) with their history sizes."""
+    if offset > st.config.max_list_offset:
+        raise ApiError(422, f"offset={offset} is above the limit {st.config.max_list_offset} (max_list_offset)",
+                       "offset")
     rows, total = await run_in_threadpool(st.store.list_users, tenant, limit, offset)
     return UserList(users=[UserInfo(**r) for r in rows], total=total, limit=limit, offset=offset)
 

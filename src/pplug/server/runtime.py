@@ -20,6 +20,7 @@ from pplug.data.records import HistoryItem, Question
 from pplug.errors import PPlugError
 from pplug.methods import Prediction
 from pplug.resources import Resources
+from pplug.server.cost import Cost, TokenCounter
 from pplug.server.store import Store
 from pplug.tasks import Task
 
@@ -49,6 +50,13 @@ class TaskModel:
     config: RunConfig
     space: str
     run: str
+    count_tokens: TokenCounter | None = None  # input tokens, for the cost model (None: ~4 characters a token)
+
+    def cost(self, text: str, max_new_tokens: int | None, num_beams: int | None) -> Cost:
+        """The cost of generating for ``text`` with these options (the run's where None); blocking."""
+        dec = self.config.decode
+        tokens = self.count_tokens(text) if self.count_tokens is not None else max(1, -(-len(text) // 4))
+        return Cost(tokens, num_beams or dec.num_beams, max_new_tokens or dec.new_tokens(self.task.kind))
 
     @property
     def max_history(self) -> int | None:
@@ -73,7 +81,9 @@ def load_models(runs: list[str], resources: Resources) -> dict[str, TaskModel]:
         if task_key(task.name) in models:
             raise PPlugError(f"{run}: task '{task.name}' is already served by {models[task_key(task.name)].run}")
         digest = hashlib.sha256(f"{task.item_text}\n{method.history_encoder.name}".encode()).hexdigest()[:16]
-        models[task_key(task.name)] = TaskModel(task, method, config, f"{task.name}@{digest}"[-128:], str(Path(run)))
+        counter = TokenCounter(getattr(getattr(method, "backbone", None), "tokenizer", None))
+        models[task_key(task.name)] = TaskModel(task, method, config, f"{task.name}@{digest}"[-128:], str(Path(run)),
+                                                counter)
     if not models:
         raise PPlugError("no run to serve: pass --run RUN (a run folder made by `pplug train`)")
     return models

@@ -2,13 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import re
+import unicodedata
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt
 
-Scalar = str | int | float | bool
 ID_PATTERN = r"^[^\s/]+$"  # user and item ids: no whitespace, no '/'
 PERSONA_PATTERN = r"^(own|none|user:[^\s/]+)$"  # whose history a generate request plugs in
+
+
+def valid_text(value: str) -> str:
+    """Refuse strings that cannot be UTF-8 (lone surrogates such as ``"\\ud800"`` in JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains a lone surrogate (not valid Unicode): send valid UTF-8") from None
+    return value
+
+
+def normal_user_id(value: str) -> str:
+    """A user id as stored: valid text, NFC-normalised (so composed and decomposed accents name one user)."""
+    return unicodedata.normalize("NFC", valid_text(value))
+
+
+def iso_date(value: str | None) -> str | None:
+    """``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or an ISO 8601 date-time; anything else is refused."""
+    if value is None:
+        return None
+    if re.fullmatch(r"\d{4}(-\d{2})?", value):
+        date.fromisoformat(value + "-01" * (2 - value.count("-")))  # a real month
+        return value
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO date: write YYYY, YYYY-MM, YYYY-MM-DD or an ISO 8601 date-time") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_text)]
+UserId = Annotated[str, Field(min_length=1, max_length=256, pattern=ID_PATTERN), AfterValidator(normal_user_id)]
+
+
+def scalar(value: Any) -> str | int | float | bool:
+    """An item field value: text, a finite number or a boolean (no NaN/Infinity: JSON cannot hold them)."""
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("NaN and Infinity are not allowed")
+        return value
+    if isinstance(value, str):
+        return valid_text(value)
+    raise ValueError(f"must be a string, number or boolean, not {type(value).__name__}")
+
+
+Scalar = Annotated[str | int | float | bool, PlainValidator(scalar, json_schema_input_type=str | int | float | bool)]
 
 
 class Strict(BaseModel):
@@ -16,10 +67,11 @@ class Strict(BaseModel):
 
 
 class ItemIn(Strict):
-    id: str | None = Field(None, min_length=1, max_length=256, pattern=ID_PATTERN,
+    id: Text | None = Field(None, min_length=1, max_length=256, pattern=ID_PATTERN,
                            description="Item id, unique per user (generated when absent; an existing id is replaced).")
-    fields: dict[str, Scalar] = Field(min_length=1, description="Task fields, e.g. {'text': ..., 'category': ...}.")
-    date: str | None = Field(None, max_length=64, description="ISO date, if known.")
+    fields: dict[Text, Scalar] = Field(min_length=1, description="Task fields, e.g. {'text': ..., 'category': ...}.")
+    date: Annotated[str | None, AfterValidator(iso_date)] = Field(
+        None, max_length=64, description="ISO date (YYYY, YYYY-MM, YYYY-MM-DD or a date-time), if known.")
 
 
 class AddItemsRequest(Strict):
@@ -65,14 +117,14 @@ class Deleted(BaseModel):
 
 
 class DecodeOptions(Strict):
-    max_new_tokens: int | None = Field(None, ge=1, description="Generated tokens (default: the run's).")
-    num_beams: int | None = Field(None, ge=1, le=8, description="Beam search width (1 = greedy).")
+    max_new_tokens: StrictInt | None = Field(None, ge=1, description="Generated tokens (default: the run's).")
+    num_beams: StrictInt | None = Field(None, ge=1, le=8, description="Beam search width (1 = greedy).")
 
 
 class GenerateRequest(DecodeOptions):
-    user_id: str = Field(min_length=1, max_length=256, pattern=ID_PATTERN, description="The user (of your tenant).")
+    user_id: UserId = Field(description="The user (of your tenant; NFC-normalised).")
     task: str = Field(min_length=1, max_length=128, description="A served task (GET /v1/tasks).")
-    input: str = Field(min_length=1, description="The task input.")
+    input: Text = Field(min_length=1, description="The task input.")
     persona: str = Field("own", max_length=261, pattern=PERSONA_PATTERN,
                          description="Whose history plugs in: 'own' (user_id's), 'none' (no history: the same input "
                                      "without a persona), or 'user:<id>' (another user of your tenant).")
@@ -107,13 +159,18 @@ class TaskInfo(BaseModel):
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: StrictBool = False  # a last chunk with the token usage (OpenAI semantics)
 
 
 class ChatRequest(BaseModel):
@@ -123,11 +180,12 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1)
-    user: str | None = Field(None, min_length=1, max_length=256, pattern=ID_PATTERN)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False  # streaming is refused with a 422
+    user: UserId | None = None
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    n: StrictInt = Field(1, ge=1, le=1)
+    stream: StrictBool = False  # true: OpenAI-style server-sent events (chat.completion.chunk)
+    stream_options: StreamOptions | None = None
 
 
 class ErrorInfo(BaseModel):

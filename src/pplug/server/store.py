@@ -7,17 +7,32 @@ the same transaction as the item, so a request never re-encodes history.
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from pplug.data.records import HistoryItem
 from pplug.server.tables import ApiKey, Base, Item, ItemEmbedding, Tenant, User, make_engine
+
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_tenant_name(name: str) -> str:
+    """Tenant names: 1-64 characters of letters, digits, '.', '_', '-', starting with a letter or digit."""
+    if not TENANT_NAME.fullmatch(name):
+        raise ValueError(f"invalid tenant name {name[:80]!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name
 
 
 class NotFound(LookupError):
@@ -56,6 +71,17 @@ class Store:
         Base.metadata.create_all(self.engine)
         self._write = threading.Lock()  # one writer at a time in this process (SQLite has one writer anyway)
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A write transaction, safe across processes sharing the database: on SQLite it starts with
+        ``BEGIN IMMEDIATE`` (takes the write lock first, so no read-then-write race with another replica;
+        others wait up to the busy timeout); on PostgreSQL rows are locked and new users inserted with
+        ``ON CONFLICT DO NOTHING``. Commits on success, rolls back on error."""
+        with self._write, Session(self.engine) as s, s.begin():
+            if self.engine.dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield s
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -66,7 +92,8 @@ class Store:
     # ---- tenants and keys ---------------------------------------------------------------------
     def add_key(self, tenant: str, key_hash: str) -> int:
         """Attach a key (by hash) to a tenant, creating the tenant if needed; idempotent. Returns the tenant id."""
-        with self._write, Session(self.engine) as s, s.begin():
+        check_tenant_name(tenant)
+        with self.write_session() as s:
             t = s.scalar(select(Tenant).where(Tenant.name == tenant))
             if t is None:
                 t = Tenant(name=tenant)
@@ -88,6 +115,19 @@ class Store:
         q = select(User).where(User.tenant_id == tenant, User.external_id == user)
         return s.scalar(q.with_for_update() if lock else q)
 
+    def _upsert_user(self, s: Session, tenant: int, user: str) -> User:
+        """The user row, locked, created if missing; atomic when several processes create her at once."""
+        insert = {"sqlite": sqlite_insert, "postgresql": pg_insert}.get(self.engine.dialect.name)
+        if insert is not None:
+            s.execute(insert(User).values(tenant_id=tenant, external_id=user, created_at=datetime.now(UTC))
+                      .on_conflict_do_nothing(index_elements=["tenant_id", "external_id"]))
+        u = self._user(s, tenant, user, lock=True)
+        if u is None:  # another dialect: plain insert (the unique constraint still guards it)
+            u = User(tenant_id=tenant, external_id=user)
+            s.add(u)
+            s.flush()
+        return u
+
     def add_items(self, tenant: int, user: str, items: Sequence[NewItem], max_history: int) -> int:
         """Write items (an existing id is replaced and becomes the newest); creates the user if needed.
 
@@ -97,12 +137,8 @@ class Store:
         Raises:
             LimitExceeded: the history would hold more than ``max_history`` items (nothing is written).
         """
-        with self._write, Session(self.engine) as s, s.begin():
-            u = self._user(s, tenant, user, lock=True)
-            if u is None:
-                u = User(tenant_id=tenant, external_id=user)
-                s.add(u)
-                s.flush()
+        with self.write_session() as s:
+            u = self._upsert_user(s, tenant, user)
             old = list(s.scalars(select(Item.id).where(Item.user_id == u.id,
                                                        Item.item_id.in_([it.id for it in items]))))
             if old:
@@ -150,7 +186,7 @@ class Store:
     def delete_items(self, tenant: int, user: str, item_id: str | None = None, with_user: bool = False) -> int:
         """Delete one item (``item_id``) or all of the user's items (and the user herself if ``with_user``),
         in one transaction; returns how many items went."""
-        with self._write, Session(self.engine) as s, s.begin():
+        with self.write_session() as s:
             u = self._user(s, tenant, user, lock=True)
             if u is None:
                 raise NotFound("user", user)
@@ -193,7 +229,7 @@ class Store:
 
     def put_embeddings(self, space: str, pks: Sequence[int], vecs: Sequence[np.ndarray | None]) -> None:
         """Store embeddings; ``None`` marks an item that does not fit the space (empty vector, skipped later)."""
-        with self._write, Session(self.engine) as s, s.begin():
+        with self.write_session() as s:
             for pk, v in zip(pks, vecs, strict=True):
                 if s.get(Item, pk) is None:  # deleted meanwhile
                     continue

@@ -6,6 +6,7 @@ SQLite pragmas that make a committed write survive a killed process.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,16 +67,26 @@ class ItemEmbedding(Base):
     vec: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [dim]
 
 
+def private_file(path: Path) -> None:
+    """Create the database file (and missing folders, 0700) readable by its owner only (0600); SQLite gives
+    its WAL and shared-memory files the same mode. An existing file keeps its mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def make_engine(url: str, synchronous: str = "FULL") -> Engine:
-    """An engine; for SQLite: the folder is created and every connection gets WAL, ``synchronous``,
-    foreign keys and a busy timeout."""
+    """An engine; for SQLite: the file is created private (0600) and every connection gets WAL,
+    ``synchronous``, foreign keys and a busy timeout."""
     if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"unknown SQLite synchronous mode '{synchronous}'")
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if u.database and u.database != ":memory:":
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        private_file(Path(u.database).expanduser())
     engine = create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
