@@ -1,7 +1,7 @@
 """Train / predict / evaluate a run folder: what the CLI commands and the benchmark call.
 
-A run folder holds ``config.json`` (the resolved RunConfig), the method's trainable weights only
-(never the backbone), ``train_report.json`` and ``eval_{split}.json``.
+A run folder holds ``config.json`` (the resolved RunConfig), ``task.json`` (the task definition), the
+method's trainable weights only (never the backbone), ``train_report.json`` and ``eval_{split}.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pplug.data import Split, available_splits, load_split, resolve_task, write_
 from pplug.methods import Prediction, build_method
 from pplug.resources import Resources
 from pplug.scoring import score_predictions
-from pplug.tasks import get_task
+from pplug.task_file import TASK_FILE, load_task_file, write_task_file
+from pplug.tasks import define_task, get_task, has_task, is_defined_by_data
 
 
 def peak_rss_mb() -> float:
@@ -40,6 +41,7 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     config.task = resolve_task(config.data, config.task or None)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
+    write_task_file(run_dir / TASK_FILE, get_task(config.task))  # the run carries its task definition
     train = load_split(config.data, "train", config.task)
     dev = load_split(config.data, "dev", config.task) if "dev" in available_splits(config.data) else None
     t0 = time.perf_counter()
@@ -56,6 +58,8 @@ def load_run(run_dir: str | Path, resources: Resources | None = None, swap_histo
     """Rebuild a trained method from its run folder."""
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir / "config.json")
+    if (run_dir / TASK_FILE).is_file() and (not has_task(config.task) or is_defined_by_data(config.task)):
+        define_task(load_task_file(run_dir / TASK_FILE))  # a task from a task file or inferred from data
     config.decode.swap_history = swap_history or config.decode.swap_history
     method = build_method(config, resources)
     method.load(run_dir)

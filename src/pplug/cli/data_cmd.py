@@ -51,21 +51,9 @@ def validate(data_dir: DataDir, task: TaskOpt = None) -> None:
         counts = {}
         for split in available_splits(folder):
             loaded = load_split(folder, split, name)
-            _check_labels_in_inputs(loaded)
             counts[split] = {"questions": len(loaded), "golds": None if loaded.golds is None else len(loaded.golds),
                              "profile_items": sum(len(q.profile) for q in loaded.questions)}
         typer.echo(json.dumps({"folder": str(folder), "task": name, "splits": counts, "ok": True}))
-
-
-def _check_labels_in_inputs(split) -> None:
-    from pplug.tasks import get_task
-
-    task = get_task(split.task)
-    for i, q in enumerate(split.questions):
-        listed = task.labels_in_input(q.input)
-        if listed is not None and task.labels is not None and set(listed) != set(task.labels):
-            raise DataError(split.source, f"the input lists labels {listed}, task '{task.name}' has "
-                            f"{list(task.labels)}", i, "input")
 
 
 @app.command()

@@ -40,14 +40,25 @@ class RagPrompter:
         return self.task.prompt(question.input, shown)
 
 
-def decode_outputs(backbone, task: Task, built, decode) -> tuple[list[str], list[str]]:
-    """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels."""
+def decode_outputs(backbone, task: Task, built, decode,
+                   labels: Sequence[tuple[str, ...] | None] | None = None) -> tuple[list[str], list[str]]:
+    """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels.
+
+    Args:
+        labels: per row, the labels its question allows (``task.labels_for(input)``: an input that lists its
+            labels restricts parsing and ranking to them); the task's labels when None.
+    """
+    rows = list(labels) if labels is not None else [None] * len(built)
+    rows = [r or task.labels for r in rows]
     if task.kind != "generation" and decode.classify == "rank":
-        scores = backbone.score_options(built, list(task.labels))  # [b, n_labels] log-likelihoods
-        best = [task.labels[i] for i in scores.argmax(dim=1).tolist()]
+        options = list(dict.fromkeys(lab for r in rows for lab in r))  # union, one backbone call
+        scores = backbone.score_options(built, options)  # [b, n_options] log-likelihoods
+        allowed = torch.tensor([[o in set(r) for o in options] for r in rows])  # [b, n_options]
+        best_idx = scores.masked_fill(~allowed.to(scores.device), float("-inf")).argmax(dim=1).tolist()
+        best = [options[i] for i in best_idx]
         return best, best
     raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
-    return raws, [task.parse(r) for r in raws]
+    return raws, [task.parse(r, lab) for r, lab in zip(raws, rows, strict=True)]
 
 
 def generate_predictions(backbone, task: Task, questions: Sequence[Question], texts: Sequence[str],
@@ -58,7 +69,7 @@ def generate_predictions(backbone, task: Task, questions: Sequence[Question], te
         for i in range(0, len(questions), decode.batch_size):
             qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
             built = backbone.build([PromptParts(text=t) for t in ts])
-            raws, outs = decode_outputs(backbone, task, built, decode)
+            raws, outs = decode_outputs(backbone, task, built, decode, [task.labels_for(q.input) for q in qs])
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             preds += [Prediction(q.id, o, r, [], int(n)) for q, r, o, n in zip(qs, raws, outs, n_tokens,
                                                                               strict=True)]

@@ -233,7 +233,8 @@ class PPlugMethod:
                 vecs = [v[-len(p):] if p else v[:0] for v, p in zip(vectors[i:i + dec.batch_size], profiles,
                                                                      strict=True)]
             out, built = self._forward(qs, profiles, vectors=vecs)
-            raws, outs = decode_outputs(self.backbone, self.task, built, dec)
+            allowed = [self.task.labels_for(q.input) for q in qs]  # an input that lists its labels restricts them
+            raws, outs = decode_outputs(self.backbone, self.task, built, dec, allowed)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):
                 preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b])))
