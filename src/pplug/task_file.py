@@ -48,7 +48,8 @@ def template_fields(template: str, path: object = "", key: str = "") -> list[str
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise TaskFileError(path, key, f"bad template {template!r}: {e} (write a literal brace as {{{{ or }}}})")
+        hint = "write a literal brace as {{ or }}"
+        raise TaskFileError(path, key, f"bad template {template!r}: {e} ({hint})") from None
     names = []
     for _, name, _, _ in parsed:
         if name is None:

@@ -200,7 +200,7 @@ def check_against_data(path: Path, values: dict, data: FolderData) -> None:
                     raise TaskFileError(path, key, f"names field '{n}', which the history items do not have "
                                         f"(they have: {', '.join(fields)})")
     kind, labels = values["kind"], values.get("labels")
-    for sp, i, q, gold in data.golds:
+    for sp, i, _, gold in data.golds:
         if kind == "rating" and not _is_float(gold):
             raise TaskFileError(path, "kind", f"rating, but gold '{gold}' ({data.where(sp, i)}) is not a number")
         if kind == "classification" and gold not in [str(x).strip() for x in labels]:
