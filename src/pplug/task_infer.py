@@ -229,7 +229,8 @@ def _infer_query_marker(inputs: list[str], why: list[str]) -> str | None:
                    "the query)")
         return None
     head = prefix[: prefix.rfind(":") + 1]
-    cut = max(head.rfind("]"), *(head.rfind(s) + len(s) - 1 for s in (". ", "? ", "! ", "\n")))
+    ends = [head.rfind("]")] + [head.rfind(s) + len(s) - 1 for s in (". ", "? ", "! ", "\n") if s in head]
+    cut = max(ends)  # the instruction's last sentence (or what follows a label list)
     marker = head[cut + 1:].strip() or head.strip()
     why.append(f"query_marker: '{marker}': every input starts with the same instruction ending there")
     return marker

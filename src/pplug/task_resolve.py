@@ -77,13 +77,13 @@ def resolve(data_dir: str | Path, name: str | None = None) -> Resolution:
     return res
 
 
-def _resolve_uncached(folder: Path) -> Resolution:
+def _resolve_uncached(folder: Path, use_file: bool = True, use_registry: bool = True) -> Resolution:
     data = FolderData(folder)
     task_file = folder / TASK_FILE
-    if task_file.is_file():
+    if use_file and task_file.is_file():
         return _from_file(task_file, data)
     notices: list[str] = []
-    for hint, task in _candidates(folder, data):
+    for hint, task in _candidates(folder, data) if use_registry else []:
         problem = contradiction(task, data)
         if problem is None:
             if notices:
@@ -104,6 +104,15 @@ def _resolve_uncached(folder: Path) -> Resolution:
     notices.append(f"{folder}: no {TASK_FILE}; inferred a {task.kind} task '{task.name}' from the data (review "
                    f"and keep it with `pplug data init {folder}`)")
     return Resolution(task, "inferred", reasons, notices)
+
+
+def resolve_without_file(data_dir: str | Path, use_registry: bool = True) -> Resolution:
+    """What the folder would resolve to without its task file (``pplug data init``): a registered task the data
+    fits (unless ``use_registry`` is False), else the inferred one."""
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise DataError(folder, "data folder not found")
+    return _resolve_uncached(folder, use_file=False, use_registry=use_registry)
 
 
 def _candidates(folder: Path, data: FolderData) -> list[tuple[str, Task]]:
