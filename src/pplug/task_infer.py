@@ -1,8 +1,9 @@
 """Infer a task definition from a data folder: kind, labels, output field, templates, query start.
 
 Rules (each inferred value comes with a one-line reason, which ``pplug data init`` prints):
-- kind: every gold is in the label list its input spells (``tags: [a, b, c]``) -> classification; every gold
-  an integer 1..5 -> rating; else generation.
+- kind: every input spells a label list (``tags: [a, b, c]``) and the golds are in it -> classification; the
+  golds are integers 1..5 -> rating; else generation. "The golds" means 90% of them: a few typos do not change
+  the kind, validation then names them by file and record.
 - labels: the union of the inputs' bracketed lists (first seen first), else the distinct golds; rating 1..5.
 - output_field: the item field whose values look like the golds (in the labels; numeric; closest length).
 - query_marker: the end of the instruction all inputs share (``... article:``); none when they share none.
@@ -26,6 +27,7 @@ from pplug.errors import DataError
 
 LIST_RE = re.compile(r"([A-Za-z][\w ]{0,30}?:)\s*\[([^\]]*)\]")  # "categories: [a, b, c]"
 MAX_ITEMS = 5000  # history items looked at for fields and output values
+MOSTLY = 0.9  # share of golds that must fit a kind: the rest are typos that validation reports by record
 
 
 @dataclass
@@ -134,17 +136,20 @@ def infer_values(data: FolderData, given: dict[str, Any]) -> tuple[dict[str, Any
             raise DataError(data.folder, "cannot tell the task: no gold outputs to infer it from; write a task "
                             "file (see `pplug data init`) or pass --task NAME")
         spelled = {id(q): spelled_labels(q.input) for _, _, q, _ in golds}
-        if marker and all(spelled[id(q)] and g in spelled[id(q)][1] for _, _, q, g in golds):
+        in_list = sum(bool(spelled[id(q)]) and g in spelled[id(q)][1] for _, _, q, g in golds)
+        ratings = sum(_is_rating(g) for _, _, _, g in golds)
+        if marker and all(spelled.values()) and in_list >= MOSTLY * len(golds):
             v["kind"] = "classification"
-            why.append(f"kind: classification: each of the {len(golds)} golds is in the label list its input "
-                       f"spells after '{marker}'")
-        elif all(_is_rating(g) for _, _, _, g in golds):
+            why.append(f"kind: classification: {in_list} of the {len(golds)} golds are in the label list their "
+                       f"input spells after '{marker}'" + ("" if in_list == len(golds) else
+                                                          " (validation names the others)"))
+        elif ratings >= MOSTLY * len(golds):
             v["kind"] = "rating"
-            why.append(f"kind: rating: all {len(golds)} golds are whole numbers 1..5")
+            why.append(f"kind: rating: {ratings} of the {len(golds)} golds are whole numbers 1..5")
         else:
             v["kind"] = "generation"
-            why.append("kind: generation: the golds are free text (not all in a label list spelled in the "
-                       "inputs, not all ratings 1..5)")
+            why.append("kind: generation: the golds are free text (not in a label list spelled in the inputs, "
+                       "not ratings 1..5)")
     kind = v["kind"]
     if kind != "generation" and "label_marker" not in v:
         v["label_marker"] = marker

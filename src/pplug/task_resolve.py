@@ -202,7 +202,7 @@ def check_against_data(path: Path, values: dict, data: FolderData) -> None:
     """A task file's values against the folder: fields exist, golds fit the kind and the labels."""
     fields = data.item_fields
     if data.items:
-        for key in (*TEMPLATES, "output_field"):
+        for key in ("output_field", *TEMPLATES):  # a given output field first: inferred templates use it
             names = [values[key]] if key == "output_field" else template_fields(values[key], path, key)
             for n in names:
                 if n not in fields:
