@@ -335,6 +335,13 @@ def test_bad_task_files_are_one_line_errors(tmp_path, capsys, content, fragments
         assert frag in err, err
 
 
+@pytest.mark.parametrize("argv", [["data", "init", "--help"], ["tasks", "--help"]])
+def test_new_commands_have_help(capsys, argv):
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert "Usage" in out and ("--force" in out or "--data" in out)
+
+
 # ----------------------------------------------------------------------------------------------- serving
 
 
@@ -368,3 +375,16 @@ def test_server_lists_and_serves_a_task_from_a_task_file(tmp_path, tiny_llama_di
         assert r.status_code == 200, r.text
         assert r.json()["task"] == "book_tags"
     assert isinstance(get_task("book_tags"), Task)
+
+
+@pytest.mark.parametrize("spec", ["task-lora", "oppu-rag", "pplug-rag", "pplug:no_persona", "rag-recency"])
+def test_every_method_family_runs_on_an_inferred_task(tmp_path, tiny_llama_dir, tiny_bert_dir, spec):
+    from pplug.config import config_from_spec
+    from pplug.runner import eval_run, train_run
+
+    data = books(tmp_path / "books")
+    cfg = config_from_spec(spec, str(data), [*tiny_sets(tiny_llama_dir, tiny_bert_dir), "lora.users=1",
+                                             "lora.user_epochs=1"])
+    train_run(cfg, tmp_path / "run")
+    report = eval_run(tmp_path / "run", data, "test", limit=2)
+    assert report["task"] == "books" and set(report["metrics"]) == {"accuracy", "f1"}
