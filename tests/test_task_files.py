@@ -12,6 +12,7 @@ import torch
 
 from pplug import tasks as tasks_mod
 from pplug.cli import main
+from pplug.errors import PPlugError
 from pplug.task_resolve import resolve, resolve_without_file, same_task
 from pplug.tasks import Task, get_task, has_task
 
@@ -388,3 +389,15 @@ def test_every_method_family_runs_on_an_inferred_task(tmp_path, tiny_llama_dir, 
     train_run(cfg, tmp_path / "run")
     report = eval_run(tmp_path / "run", data, "test", limit=2)
     assert report["task"] == "books" and set(report["metrics"]) == {"accuracy", "f1"}
+
+
+def test_a_task_file_with_only_labels_is_a_label_task(tmp_path):
+    data = lamp_folder(tmp_path / "plain", "X", lambda s, i: ({"id": f"{s}{i}", "input": f"book: the cat {i}",
+                                                               "profile": [{"id": "h", "tag": "memoir"}]},
+                                                              TAGS[i % 4]))
+    dump(data / "task.json", {"labels": TAGS})
+    t = resolve(data).task
+    assert (t.kind, t.labels, t.pair_output, t.label_marker) == ("classification", tuple(TAGS), "tag", None)
+    dump(data / "task.json", {"labels": [1, 2, 3, 4]})  # numbers: a rating scale, which these golds are not
+    with pytest.raises(PPlugError, match="key 'labels': rating, but gold 'thriller'"):
+        resolve(data)

@@ -131,6 +131,10 @@ def infer_values(data: FolderData, given: dict[str, Any]) -> tuple[dict[str, Any
     lists = [spelled_labels(q.input) for _, _, q, _ in data.examples()]
     markers = Counter(m for m, _ in filter(None, lists))
     marker = markers.most_common(1)[0][0] if markers else None
+    if "kind" not in v and v.get("labels"):  # given labels: a label task; numbers make a rating scale
+        v["kind"] = "rating" if all(_is_number(str(x)) for x in v["labels"]) else "classification"
+        why.append(f"kind: {v['kind']}: the task file gives labels" + (", all numbers" if v["kind"] == "rating"
+                                                                        else ""))
     if "kind" not in v:
         if not golds:
             raise DataError(data.folder, "cannot tell the task: no gold outputs to infer it from; write a task "
@@ -157,7 +161,7 @@ def infer_values(data: FolderData, given: dict[str, Any]) -> tuple[dict[str, Any
             why.append(f"label_marker: '{marker}': {sum(markers.values())} inputs list their labels after it")
     v.setdefault("label_marker", None)
     if kind != "generation" and "labels" not in v:
-        v["labels"] = _infer_labels(kind, lists, golds, why)
+        v["labels"] = _infer_labels(data, kind, lists, why)
     if kind == "generation":
         v["labels"] = None
     if "output_field" not in v:
@@ -170,7 +174,8 @@ def infer_values(data: FolderData, given: dict[str, Any]) -> tuple[dict[str, Any
     return v, why
 
 
-def _infer_labels(kind: str, lists: list, golds: list, why: list[str]) -> list[str]:
+def _infer_labels(data: FolderData, kind: str, lists: list, why: list[str]) -> list[str]:
+    golds = data.golds
     if kind == "rating":
         values = sorted({int(float(g)) for _, _, _, g in golds if _is_rating(g)} | {1, 5})
         why.append("labels: the rating scale 1..5")
@@ -181,7 +186,8 @@ def _infer_labels(kind: str, lists: list, golds: list, why: list[str]) -> list[s
         return spelled
     labels = sorted({g for _, _, _, g in golds})
     if not labels:
-        raise DataError("task file", "cannot infer 'labels': no gold outputs and no label list in the inputs")
+        raise DataError(data.folder, "cannot infer the labels: no gold outputs and no label list in the inputs; "
+                        "write 'labels' in the task file")
     why.append(f"labels: the {len(labels)} distinct gold outputs (sorted)")
     return labels
 

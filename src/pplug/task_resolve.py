@@ -189,7 +189,7 @@ def _looks_like_classification(data: FolderData) -> bool:
 def _from_file(path: Path, data: FolderData) -> Resolution:
     given = read_task_file(path)
     values, reasons = infer_values(data, given)
-    check_against_data(path, values, data)
+    check_against_data(path, values, data, given)
     try:
         task = define_task(task_from_values(values))
     except PPlugError as e:
@@ -198,7 +198,7 @@ def _from_file(path: Path, data: FolderData) -> Resolution:
     return Resolution(task, "file", [f"{path}"] + [f"inferred {r}" for r in inferred])
 
 
-def check_against_data(path: Path, values: dict, data: FolderData) -> None:
+def check_against_data(path: Path, values: dict, data: FolderData, given: dict | None = None) -> None:
     """A task file's values against the folder: fields exist, golds fit the kind and the labels."""
     fields = data.item_fields
     if data.items:
@@ -211,7 +211,8 @@ def check_against_data(path: Path, values: dict, data: FolderData) -> None:
     kind, labels = values["kind"], values.get("labels")
     for sp, i, _, gold in data.golds:
         if kind == "rating" and not _is_float(gold):
-            raise TaskFileError(path, "kind", f"rating, but gold '{gold}' ({data.where(sp, i)}) is not a number")
+            key = "kind" if given is None or "kind" in given else "labels"  # the key that made it a rating task
+            raise TaskFileError(path, key, f"rating, but gold '{gold}' ({data.where(sp, i)}) is not a number")
         if kind == "classification" and gold not in [str(x).strip() for x in labels]:
             raise TaskFileError(path, "labels", f"gold '{gold}' ({data.where(sp, i)}) is not in the list")
 
