@@ -398,6 +398,8 @@ def test_a_task_file_with_only_labels_is_a_label_task(tmp_path):
     dump(data / "task.json", {"labels": TAGS})
     t = resolve(data).task
     assert (t.kind, t.labels, t.pair_output, t.label_marker) == ("classification", tuple(TAGS), "tag", None)
+    folder = shutil.copytree(data, tmp_path / "LaMP-5")  # named after a registered task it is not
+    assert resolve(folder).task.name == "LaMP-5-data" and get_task("LaMP-5").kind == "generation"
     dump(data / "task.json", {"labels": [1, 2, 3, 4]})  # numbers: a rating scale, which these golds are not
     with pytest.raises(PPlugError, match="key 'labels': rating, but gold 'thriller'"):
         resolve(data)

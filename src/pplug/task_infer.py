@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pplug.data import SPLITS, available_splits
+from pplug.data import available_splits
 from pplug.data.records import Question, Split
 from pplug.errors import DataError
 
@@ -280,5 +280,3 @@ def _pair_prefix(data: FolderData, v: dict[str, Any]) -> str:
             return head.replace("{", "{{").replace("}", "}}") + " "
     return ""
 
-
-__all__ = ["FolderData", "SPLITS", "infer_values", "spelled_labels"]

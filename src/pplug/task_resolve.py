@@ -12,7 +12,7 @@ Tasks from files or inference are added to the registry (``define_task``) so eve
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pplug.errors import DataError, PPlugError
@@ -190,8 +190,12 @@ def _from_file(path: Path, data: FolderData) -> Resolution:
     given = read_task_file(path)
     values, reasons = infer_values(data, given)
     check_against_data(path, values, data, given)
+    task = task_from_values(values)
+    if "name" not in given and has_task(task.name) and not is_defined_by_data(task.name) \
+            and not same_definition(task, get_task(task.name)):
+        task = replace(task, name=f"{task.name}-data")  # the folder is named after a registered task it is not
     try:
-        task = define_task(task_from_values(values))
+        task = define_task(task)
     except PPlugError as e:
         raise TaskFileError(path, "name", str(e)) from None
     inferred = [r for r in reasons if r.split(":")[0] not in given]
@@ -247,6 +251,4 @@ def _has_splits(path: Path) -> bool:
     return bool(available_splits(path))
 
 
-def same_task(a: Task, b: Task) -> bool:
-    """Same definition (prompts, labels, parsing), whatever the names."""
-    return same_definition(a, b)
+same_task = same_definition  # same prompts, labels and parsing, whatever the names
