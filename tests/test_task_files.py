@@ -228,6 +228,11 @@ def test_rating_task_inferred_and_with_a_wider_scale(tmp_path, capsys, tiny_llam
     t10 = resolve(data).task
     assert t10.labels == tuple(ten) and t10.parse("I give it 10 stars") == "10" and t10.parse("7/10") == "7"
     assert get_task("LaMP-3").parse("rating 10") == "1"  # LaMP-3 parses as before
+    from pplug.metrics import score
+
+    # an unparsable prediction counts as the farther end of the task's own scale (LaMP-3: 1 or 5)
+    assert score("rating", ["9"], ["?"], t10.labels)["mae"] == pytest.approx(8.0)
+    assert score("rating", ["4"], ["?"], get_task("LaMP-3").labels)["mae"] == pytest.approx(3.0)
 
 
 # ------------------------------------------------------------------------------------ per-question labels
