@@ -262,7 +262,8 @@ def _infer_templates(data: FolderData, v: dict[str, Any], why: list[str]) -> Non
         why.append(f"item_example: '{v['item_example']}': from the field names")
     if "pair_input" not in v:
         v["pair_input"] = _pair_prefix(data, v) + (body or f"{{{out}}}")
-        why.append(f"pair_input: '{v['pair_input'][:80]}...': a real input's instruction, then the item fields")
+        shown = v["pair_input"] if len(v["pair_input"]) <= 80 else v["pair_input"][:77] + "..."
+        why.append(f"pair_input: '{shown}': a real input's instruction, then the item fields")
 
 
 def _pair_prefix(data: FolderData, v: dict[str, Any]) -> str:
