@@ -180,8 +180,7 @@ def test_resolve_task_failures(tmp_path):
     with pytest.raises(DataError, match="--task"):
         resolve_task(no_outputs)
     unknown = make_lamp(tmp_path / "anon2", task_field="LaMP_99")
-    with pytest.raises(PPlugError, match="LaMP_99"):
-        resolve_task(unknown)
+    assert resolve_task(unknown) == "anon2"  # an unknown task field is only a hint: the task is inferred
     with pytest.raises(PPlugError, match="unknown task 'nope'"):
         resolve_task(no_outputs, "nope")
 
@@ -395,7 +394,12 @@ def test_questions_file_not_a_list(tmp_path):
     assert "train_questions.json" in msg and "expected a JSON list of questions, got dict" in msg
 
 
-def _category_question(qid: str, labels: str) -> dict:
+NEWS = ", ".join(("politics", "entertainment", "world news", "u.s. news", "comedy", "black voices", "media",
+                  "queer voices", "crime", "sports", "women", "weird news", "style & beauty", "home & living",
+                  "wellness"))
+
+
+def _category_question(qid: str, labels: str = NEWS) -> dict:
     text = (f"Which category does this article relate to among the following categories? categories: [{labels}] "
             f"article: A title. Some text about {qid}.")
     return {"id": qid, "input": text,
@@ -403,7 +407,7 @@ def _category_question(qid: str, labels: str) -> dict:
 
 
 def test_classification_gold_not_in_labels(tmp_path):
-    qs = [_category_question("a", "x"), _category_question("b", "x")]
+    qs = [_category_question("a"), _category_question("b")]
     golds = [{"id": "a", "output": "politics"}, {"id": "b", "output": "Politics"}]
     folder = make_lamp(tmp_path / "news_categorize", questions=qs, golds=golds, task_field="LaMP_2N")
     msg = load_error(folder, task=None)
@@ -417,7 +421,7 @@ def test_classification_gold_not_in_labels(tmp_path):
 
 def test_classification_gold_error_names_outputs_file(tmp_path):
     golds = [{"id": "a", "output": "not-a-label"}]
-    folder = make_lamp(tmp_path / "news_categorize", questions=[_category_question("a", "x")], golds=golds)
+    folder = make_lamp(tmp_path / "news_categorize", questions=[_category_question("a")], golds=golds)
     msg = load_error(folder, task=None)
     assert msg.startswith(str(folder / "train_outputs.json")), msg
 

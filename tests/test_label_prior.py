@@ -58,7 +58,7 @@ def test_tune_on_dev_picks_the_prior_only_when_it_helps():
     # Users whose gold is their most frequent history label; the LLM is uninformative (ties -> label 0).
     cats = ["music", "food", "travel", "science"]
     profiles = [_items(c, c, "sports") for c in cats]
-    flat = [[0.0] * 6 for _ in cats]
+    flat = [dict.fromkeys(LABELS, 0.0) for _ in cats]
 
     def predict(qs):
         return [Prediction(q.id, "sports", label_scores=s) for q, s in zip(qs, flat, strict=True)]
@@ -66,7 +66,7 @@ def test_tune_on_dev_picks_the_prior_only_when_it_helps():
     report = tune_on_dev(predict, TASK, _dev(cats, profiles), profiles, 1.0)
     assert report["label_prior"] > 0 and report["dev_scores"]["0.0"] == 0.0 and report["prior_alone"] == 1.0
     # A sharp, always-right LLM and a misleading prior: the LLM alone wins (ties go to the smaller weight).
-    right = [[0.0 if lab == c else -20.0 for lab in LABELS] for c in cats]
+    right = [{lab: 0.0 if lab == c else -20.0 for lab in LABELS} for c in cats]
 
     def predict_right(qs):
         return [Prediction(q.id, c, label_scores=s) for q, c, s in zip(qs, cats, right, strict=True)]

@@ -40,7 +40,8 @@ def user_mean_rating(task: Task, question: Question, fallback: str) -> str:
     scores = [float(it.fields[task.pair_output]) for it in question.profile]
     if not scores:
         return fallback
-    return str(int(np.clip(round(float(np.mean(scores))), 1, 5)))
+    low, high = (float(task.labels[0]), float(task.labels[-1])) if task.labels else (1.0, 5.0)
+    return str(int(np.clip(round(float(np.mean(scores))), low, high)))
 
 
 def _overlap(a: str, b: str) -> float:

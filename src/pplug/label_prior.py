@@ -66,7 +66,7 @@ def tune_on_dev(predict: Callable[[Sequence[Question]], list[Any]], task: Task, 
 
     Args:
         predict: the method's predict (with ``decode.label_prior = 0``); its predictions carry
-            ``label_scores`` ([L] LLM log-probs in ``task.labels`` order).
+            ``label_scores`` (label -> LLM log-prob over the labels that question allows).
         profiles: the history each dev question's prior is taken from (its own profile).
 
     Returns:
@@ -76,15 +76,15 @@ def tune_on_dev(predict: Callable[[Sequence[Question]], list[Any]], task: Task, 
     preds = predict(dev.questions)
     if any(p.label_scores is None for p in preds):
         raise ValueError("tune_on_dev needs predictions with label_scores (rank decoding)")
-    labels = list(task.labels or ())
-    scores = torch.tensor([p.label_scores for p in preds])  # [n, L]
     metric = MAIN_METRIC[task.kind]
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    rows = [(list(p.label_scores), torch.tensor([list(p.label_scores.values())])) for p in preds]  # [1, L_i]
 
     def dev_score(weight: float) -> float:
-        best = combine(scores, task, profiles, labels, weight, smoothing).argmax(dim=1).tolist()
-        return score_predictions(task, dev.golds, {q.id: labels[i] for q, i in zip(dev.questions, best,
-                                                                                     strict=True)})[metric]
+        out = {}
+        for q, (labels, llm), profile in zip(dev.questions, rows, profiles, strict=True):
+            out[q.id] = labels[int(combine(llm, task, [profile], labels, weight, smoothing).argmax())]
+        return score_predictions(task, dev.golds, out)[metric]
 
     table = {w: dev_score(w) for w in GRID}
     best = max(GRID, key=lambda w: (sign * table[w], -w))

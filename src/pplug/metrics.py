@@ -79,15 +79,17 @@ def classification_metrics(
     return {"accuracy": accuracy, "f1": float(np.mean(f1s))}
 
 
-def rating_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
-    """MAE and RMSE for 1-5 ratings with the official fallback for unparsable predictions.
+def rating_metrics(golds: Sequence[str], preds: Sequence[str], low: float = 1.0,
+                   high: float = 5.0) -> dict[str, float]:
+    """MAE and RMSE for ratings (LaMP: 1-5) with the official fallback for unparsable predictions.
 
-    An unparsable prediction (not a number, or a non-finite one such as "nan" or "inf") becomes 1.0 if
-    ``abs(1 - gold) > abs(5 - gold)`` else 5.0 (the farther end).
+    An unparsable prediction (not a number, or a non-finite one such as "nan" or "inf") becomes ``low`` if
+    ``abs(low - gold) > abs(high - gold)`` else ``high`` (the farther end of the scale).
 
     Args:
         golds: Reference ratings as strings; each must parse as a float.
         preds: Predicted strings.
+        low, high: the ends of the rating scale (a task's first and last label).
 
     Returns:
         ``{"mae": ..., "rmse": ...}``.
@@ -106,7 +108,7 @@ def rating_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, floa
         except ValueError:
             p = math.nan
         if not math.isfinite(p):  # "nan", "inf": unparsable, like text (the official scorer raises on them)
-            p = 1.0 if abs(1 - g) > abs(5 - g) else 5.0
+            p = low if abs(low - g) > abs(high - g) else high
         errors.append(p - g)
     err = np.asarray(errors, dtype=float)
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(math.sqrt(np.mean(err**2)))}
@@ -151,7 +153,8 @@ def score(
         kind: One of ``METRIC_KINDS``.
         golds: Reference strings.
         preds: Predicted strings.
-        labels: Full label list; required for ``"classification"``.
+        labels: Full label list; required for ``"classification"``; for ``"rating"`` its first and last
+            labels are the ends of the scale (default 1..5).
 
     Returns:
         The metric dictionary of the chosen kind.
@@ -164,5 +167,7 @@ def score(
             raise ValueError("classification scoring requires labels")
         return classification_metrics(golds, preds, labels)
     if kind == "rating":
+        if labels:
+            return rating_metrics(golds, preds, float(labels[0]), float(labels[-1]))
         return rating_metrics(golds, preds)
     return generation_metrics(golds, preds)

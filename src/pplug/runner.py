@@ -1,8 +1,9 @@
 """Train / predict / evaluate a run folder: what the CLI commands and the benchmark call.
 
-A run folder holds ``config.json`` (the resolved RunConfig), the method's trainable weights only
-(never the backbone), ``train_report.json``, ``eval_{split}.json`` and ``preds_{split}.json``; resume state
-(``checkpoint/``) is deleted when training finishes unless ``keep_checkpoint`` (see ``pplug.runfiles``).
+A run folder holds ``config.json`` (the resolved RunConfig), ``task.json`` (the task definition), the
+method's trainable weights only (never the backbone), ``train_report.json``, ``eval_{split}.json`` and
+``preds_{split}.json``; resume state (``checkpoint/``) is deleted when training finishes unless
+``keep_checkpoint`` (see ``pplug.runfiles``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pplug.methods import Prediction, build_method
 from pplug.resources import Resources
 from pplug.runfiles import missing_weights, normalize_modes
 from pplug.scoring import score_predictions
-from pplug.tasks import get_task
+from pplug.task_file import TASK_FILE, load_task_file, write_task_file
+from pplug.tasks import define_task, get_task, has_task, is_defined_by_data
 
 
 def peak_rss_mb() -> float:
@@ -51,6 +53,7 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     dev = load_split(config.data, "dev", config.task) if "dev" in available_splits(config.data) else None
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.json")
+    write_task_file(run_dir / TASK_FILE, get_task(config.task))  # the run carries its task definition
     t0 = time.perf_counter()
     method = build_method(config, resources)
     load_s = time.perf_counter() - t0
@@ -78,6 +81,8 @@ def runtime_config(run_dir: str | Path, swap_history: bool = False, overrides: l
     if not run_dir.is_dir():
         raise PPlugError(f"{run_dir}: run folder not found")
     config = RunConfig.load(run_dir / "config.json")
+    if (run_dir / TASK_FILE).is_file() and (not has_task(config.task) or is_defined_by_data(config.task)):
+        define_task(load_task_file(run_dir / TASK_FILE))  # a task from a task file or inferred from data
     missing = missing_weights(config.method, run_dir)
     if missing is not None:
         raise PPlugError(f"{missing}: weights not found; this run folder is incomplete (train it with "

@@ -8,7 +8,7 @@ from pplug.data._json import read_json
 from pplug.data.lamp import parse_outputs
 from pplug.errors import DataError, PPlugError
 from pplug.metrics import score
-from pplug.tasks import Task, get_task
+from pplug.tasks import Task
 
 
 def score_predictions(task: Task, golds: dict[str, str], preds: dict[str, str]) -> dict[str, float]:
@@ -30,8 +30,14 @@ def score_predictions(task: Task, golds: dict[str, str], preds: dict[str, str]) 
 
 
 def score_files(task_name: str, golds_path: str | Path, preds_path: str | Path) -> dict[str, float]:
-    """``pplug score``: metrics of a LaMP prediction file against a LaMP outputs file."""
-    task = get_task(task_name)
+    """``pplug score``: metrics of a LaMP prediction file against a LaMP outputs file.
+
+    Args:
+        task_name: a registered task, a task file, a data folder (its task) or a run folder (its task.json).
+    """
+    from pplug.task_resolve import task_from_arg
+
+    task = task_from_arg(task_name)
     gp, pp = Path(golds_path), Path(preds_path)
     for p in (gp, pp):
         if not p.is_file():

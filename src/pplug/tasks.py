@@ -7,7 +7,7 @@ Templates are ``str.format`` strings over a history item's fields.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pplug.data.records import HistoryItem
 from pplug.errors import PPlugError
@@ -90,24 +90,32 @@ class Task:
         shown = "\n".join(f"- {e}" for e in examples)
         return f"Past items of this user:\n{shown}\n\n{text}"
 
-    def parse(self, raw: str) -> str:
-        """Turn a raw model output into a prediction (a label, a rating, or a cleaned text)."""
+    def parse(self, raw: str, labels: tuple[str, ...] | list[str] | None = None) -> str:
+        """Turn a raw model output into a prediction (a label, a rating, or a cleaned text).
+
+        Args:
+            labels: the labels this question allows (its input's own list); the task's labels when None.
+        """
         text = raw.strip()
         if self.kind == "generation":
             line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
             line = re.sub(r"^(title|headline|subject|tweet|answer)\s*:\s*", "", line, flags=re.I)
             return line.strip().strip('"').strip()
+        labels = tuple(labels) if labels else self.labels
+        assert labels is not None
         if self.kind == "rating":
-            m = re.search(r"[1-5]", text)
+            if all(len(lab) == 1 and lab.isdigit() for lab in labels):  # LaMP-3: the first digit of the scale
+                m = re.search("[" + "".join(labels) + "]", text)
+            else:
+                m = next((n for n in re.finditer(r"-?\d+(?:\.\d+)?", text) if n.group(0) in labels), None)
             return m.group(0) if m else text
-        assert self.labels is not None
         cleaned = text.strip().strip("\"'.` ").strip()
-        by_lower = {lab.lower(): lab for lab in self.labels}
+        by_lower = {lab.lower(): lab for lab in labels}
         if cleaned.lower() in by_lower:
             return by_lower[cleaned.lower()]
         low = text.lower()
         hits = []
-        for lab in self.labels:
+        for lab in labels:
             m = re.search(r"(?<!\w)" + re.escape(lab.lower()) + r"(?!\w)", low)
             if m:
                 hits.append((m.start(), -len(lab), lab))
@@ -133,8 +141,19 @@ class Task:
         m = re.search(re.escape(self.label_marker) + r"\s*\[([^\]]*)\]", text)
         return [s.strip() for s in m.group(1).split(",")] if m else None
 
+    def labels_for(self, text: str) -> tuple[str, ...] | None:
+        """The labels a question allows: the list its input spells out, else the task's labels."""
+        listed = self.labels_in_input(text) if self.kind != "generation" else None
+        return tuple(listed) if listed else self.labels
+
 
 _REGISTRY: dict[str, Task] = {}
+_DEFINED: set[str] = set()  # names added by define_task (from task files / data), replaceable
+
+
+def same_definition(a: Task, b: Task) -> bool:
+    """Equal in everything that changes prompts, parsing or scores (name and description aside)."""
+    return replace(a, name="", description="", lamp_field="") == replace(b, name="", description="", lamp_field="")
 
 
 def register_task(task: Task) -> Task:
@@ -147,6 +166,30 @@ def register_task(task: Task) -> Task:
         raise ValueError(f"task '{task.name}': a {task.kind} task needs labels")
     _REGISTRY[task.name] = task
     return task
+
+
+def define_task(task: Task) -> Task:
+    """Register a task defined by data (a task file or inference); a later definition of the same name replaces
+    an earlier data-defined one. A task registered in code is never replaced: the same name with a different
+    definition is refused (returns the registered task when the definitions are the same)."""
+    for key, old in list(_REGISTRY.items()):
+        if _norm(key) == _norm(task.name):
+            if key in _DEFINED:
+                del _REGISTRY[key]
+                _DEFINED.discard(key)
+            elif same_definition(old, task):
+                return old
+            else:
+                raise PPlugError(f"task name '{task.name}' is a registered task with another definition; "
+                                 "give the task file another 'name'")
+    register_task(task)
+    _DEFINED.add(task.name)
+    return task
+
+
+def is_defined_by_data(name: str) -> bool:
+    """True for tasks added by ``define_task`` (task files, inference), False for tasks registered in code."""
+    return any(_norm(name) == _norm(t) for t in _DEFINED)
 
 
 def _norm(name: str) -> str:

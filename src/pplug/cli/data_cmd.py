@@ -1,4 +1,4 @@
-"""``pplug data synth|validate|stats``: make, check and describe data folders."""
+"""``pplug data synth|init|validate|stats``: make, describe (task file), check and summarize data folders."""
 
 from __future__ import annotations
 
@@ -47,28 +47,44 @@ def validate(data_dir: DataDir, task: TaskOpt = None) -> None:
     """Load every split, checking every record; print counts per split. Exit 2 naming the file,
     record and field at fault."""
     for folder in _folders(data_dir):
-        name = resolve_task(folder, task)
+        from pplug.task_resolve import resolve
+
+        res = resolve(folder, task)
+        name = res.task.name
         counts = {}
         for split in available_splits(folder):
             loaded = load_split(folder, split, name)
             if loaded.golds is None and split != "test":  # test may be unlabeled (official LaMP); train/dev not
                 raise DataError(folder / f"{split}_outputs.json", f"the {split} split has no gold outputs "
                                 f"({split}_outputs.json, or an 'output' per JSONL line); train and dev need them")
-            _check_labels_in_inputs(loaded)
             counts[split] = {"questions": len(loaded), "golds": None if loaded.golds is None else len(loaded.golds),
                              "profile_items": sum(len(q.profile) for q in loaded.questions)}
-        typer.echo(json.dumps({"folder": str(folder), "task": name, "splits": counts, "ok": True}))
+        typer.echo(json.dumps({"folder": str(folder), "task": name, "task_source": res.source, "splits": counts,
+                               "ok": True}))
 
 
-def _check_labels_in_inputs(split) -> None:
-    from pplug.tasks import get_task
+@app.command()
+def init(data_dir: DataDir,
+         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing task.json.")] = False,
+         infer: Annotated[bool, typer.Option("--infer", help="Infer from the data even when a registered task "
+                                                             "fits it.")] = False) -> None:
+    """Write DATA_DIR/task.json for review: a registered task the data fits, else one inferred from the data
+    (kind from the golds, labels from the inputs' bracketed lists, fields and templates from the profiles).
+    Prints what it chose and why."""
+    from pplug.task_file import TASK_FILE, write_task_file
+    from pplug.task_resolve import resolve, resolve_without_file
 
-    task = get_task(split.task)
-    for i, q in enumerate(split.questions):
-        listed = task.labels_in_input(q.input)
-        if listed is not None and task.labels is not None and set(listed) != set(task.labels):
-            raise DataError(split.source, f"the input lists labels {listed}, task '{task.name}' has "
-                            f"{list(task.labels)}", i, "input")
+    path = data_dir / TASK_FILE
+    if path.exists() and not force:
+        raise DataError(path, "a task file exists already; review or delete it, or pass --force to overwrite")
+    res = resolve_without_file(data_dir, use_registry=not infer)
+    write_task_file(path, res.task)
+    check = resolve(data_dir)  # the written file must resolve (and validate) as it is
+    how = "inferred from the data" if res.source == "inferred" else "a registered task the data fits"
+    typer.echo(f"wrote {path}: {check.task.kind} task '{check.task.name}' ({how})")
+    for line in res.reasons:
+        typer.echo(f"  {line}")
+    typer.echo(f"review it (docs/tasks.md describes every key), then: pplug data validate {data_dir}")
 
 
 @app.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pplug.data._json import find_file
 from pplug.data.custom import load_jsonl_split
-from pplug.data.lamp import load_lamp_split, read_task_field, write_lamp_split, write_predictions
+from pplug.data.lamp import load_lamp_split, write_lamp_split, write_predictions
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.errors import DataError
 
@@ -33,18 +33,21 @@ def available_splits(data_dir: str | Path) -> list[str]:
 
 
 def resolve_task(data_dir: str | Path, task: str | None = None) -> str:
-    """The registered task of a data folder: explicit name, else folder name, else the outputs' task field."""
-    from pplug.tasks import get_task, has_task, task_for_lamp_field
+    """The task name of a data folder (``pplug.task_resolve.resolve`` decides; this returns its name)."""
+    from pplug.task_resolve import resolve
 
-    data_dir = Path(data_dir)
-    if task is not None:
-        return get_task(task).name
-    if has_task(data_dir.name):
-        return get_task(data_dir.name).name
-    field = read_task_field(data_dir)
-    if field is not None:
-        return task_for_lamp_field(field, data_dir)
-    raise DataError(data_dir, "cannot tell the task: pass --task NAME (see `pplug tasks`)")
+    return resolve(data_dir, task).task.name
+
+
+def _load_raw(data_dir: Path, split: str, task_name: str) -> Split:
+    """One split as stored, checked for structure but not against a task."""
+    layout = _layout(data_dir, split)
+    if layout == "lamp":
+        return load_lamp_split(data_dir, split, task_name)
+    if layout == "jsonl":
+        return load_jsonl_split(find_file(data_dir, f"{split}.jsonl"), split, task_name)
+    raise DataError(data_dir / f"{split}_questions.json", f"no '{split}' split in this folder "
+                    f"(expected {split}_questions.json or {split}.jsonl)")
 
 
 def load_split(data_dir: str | Path, split: str, task: str | None = None) -> Split:
@@ -62,21 +65,14 @@ def load_split(data_dir: str | Path, split: str, task: str | None = None) -> Spl
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(data_dir, "data folder not found")
-    task_name = resolve_task(data_dir, task)
-    layout = _layout(data_dir, split)
-    if layout == "lamp":
-        loaded = load_lamp_split(data_dir, split, task_name)
-    elif layout == "jsonl":
-        loaded = load_jsonl_split(find_file(data_dir, f"{split}.jsonl"), split, task_name)
-    else:
-        raise DataError(data_dir / f"{split}_questions.json", f"no '{split}' split in this folder "
-                        f"(expected {split}_questions.json or {split}.jsonl)")
+    loaded = _load_raw(data_dir, split, resolve_task(data_dir, task))
     validate_split(loaded)
     return loaded
 
 
 def validate_split(split: Split) -> None:
-    """Check every profile item has the fields the task renders, and golds are valid for the task."""
+    """Check every profile item has the fields the task renders, inputs list only the task's labels, and
+    golds are valid for the task (and among the labels their input lists)."""
     from pplug.tasks import get_task
 
     task = get_task(split.task)
@@ -87,8 +83,15 @@ def validate_split(split: Split) -> None:
                 if name not in item.fields:
                     raise DataError(split.source, f"missing field needed by task '{task.name}'", record,
                                     f"{split.profile_field}[{j}].{name}")
+        listed = task.labels_in_input(q.input) if task.kind != "generation" else None
+        if listed and task.labels is not None and not set(listed) <= set(task.labels):
+            raise DataError(split.source, f"the input lists labels {listed}, task '{task.name}' has "
+                            f"{list(task.labels)}", record, "input")
         if split.golds is not None:
             problem = task.check_gold(split.golds[q.id])
+            if problem is None and listed and split.golds[q.id].strip() not in listed:
+                raise DataError(split.source, f"the input lists labels {listed}, but its gold output is "
+                                f"'{split.golds[q.id].strip()}'", record, "input")
             if problem:
                 where = split.gold_source or split.source
                 index = (split.gold_index or {}).get(q.id, record)

@@ -22,7 +22,7 @@ class Prediction:
     raw: str = ""  # the raw model output
     explanation: list[dict[str, Any]] = field(default_factory=list)  # e.g. top history items with weights
     prompt_tokens: int = 0  # tokens the backbone saw (soft tokens included)
-    label_scores: list[float] | None = None  # rank decoding: LLM-only label log-probs (task.labels order)
+    label_scores: dict[str, float] | None = None  # rank decoding: label -> LLM-only log-prob (before any prior)
 
 
 class Method(Protocol):

@@ -73,26 +73,37 @@ class RagPrompter:
         return self.task.prompt(question.input, shown)
 
 
-def decode_outputs(backbone, task: Task, built, decode, profiles: Sequence[Sequence[HistoryItem]] | None = None,
-                   scores_out: list[list[float]] | None = None) -> tuple[list[str], list[str]]:
+def decode_outputs(backbone, task: Task, built, decode, labels: Sequence[tuple[str, ...] | None] | None = None,
+                   profiles: Sequence[Sequence[HistoryItem]] | None = None,
+                   scores_out: list[dict[str, float]] | None = None) -> tuple[list[str], list[str]]:
     """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels.
 
-    With rank decoding, ``decode.label_prior`` > 0 multiplies the LLM's label distribution with each
-    user's label prior from ``profiles`` (see `pplug.label_prior`); ``scores_out`` (if given) receives
-    each example's LLM-only label log-probs (in ``task.labels`` order) for tuning that weight on dev.
+    Args:
+        labels: per row, the labels its question allows (``task.labels_for(input)``: an input that lists its
+            labels restricts parsing and ranking to them); the task's labels when None.
+        profiles: per row, the history whose label prior multiplies the LLM's label distribution when
+            ``decode.label_prior`` > 0 (rank decoding; see `pplug.label_prior`).
+        scores_out: if given, receives each row's LLM-only label log-probs (label -> log p) for tuning that
+            weight on dev.
     """
+    rows = list(labels) if labels is not None else [None] * len(built)
+    rows = [r or task.labels for r in rows]
     if task.kind != "generation" and decode.classify == "rank":
-        labels = list(task.labels)
-        scores = backbone.score_options(built, labels)  # [b, n_labels] log-likelihoods
+        options = list(dict.fromkeys(lab for r in rows for lab in r))  # union, one backbone call
+        scores = backbone.score_options(built, options)  # [b, n_options] log-likelihoods
+        allowed = torch.tensor([[o in set(r) for o in options] for r in rows]).to(scores.device)  # [b, n_options]
+        scores = scores.float().masked_fill(~allowed, float("-inf"))
         if scores_out is not None:
-            scores_out.extend(torch.log_softmax(scores.float(), dim=-1).tolist())
+            llm = torch.log_softmax(scores, dim=-1)
+            scores_out.extend({o: float(llm[b, j]) for j, o in enumerate(options) if allowed[b, j]}
+                              for b in range(len(rows)))
         weight = decode.label_prior if isinstance(decode.label_prior, int | float) else 0.0
         if weight and profiles is not None:
-            scores = combine(scores, task, profiles, labels, float(weight), decode.prior_smoothing)
-        best = [labels[i] for i in scores.argmax(dim=1).tolist()]
+            scores = combine(scores, task, profiles, options, float(weight), decode.prior_smoothing)
+        best = [options[i] for i in scores.argmax(dim=1).tolist()]
         return best, best
     raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
-    return raws, [task.parse(r) for r in raws]
+    return raws, [task.parse(r, lab) for r, lab in zip(raws, rows, strict=True)]
 
 
 def generate_predictions(backbone, task: Task, questions: Sequence[Question], texts: Sequence[str],
@@ -103,8 +114,9 @@ def generate_predictions(backbone, task: Task, questions: Sequence[Question], te
         for i in batches(len(questions), decode.batch_size, "predict"):
             qs, ts = questions[i:i + decode.batch_size], texts[i:i + decode.batch_size]
             built = backbone.build([PromptParts(text=t, body_start=task.body_start(t)) for t in ts])
-            label_scores: list[list[float]] = []
-            raws, outs = decode_outputs(backbone, task, built, decode, [q.profile for q in qs], label_scores)
+            label_scores: list[dict[str, float]] = []
+            raws, outs = decode_outputs(backbone, task, built, decode, [task.labels_for(q.input) for q in qs],
+                                        [q.profile for q in qs], label_scores)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             ls = label_scores or [None] * len(qs)
             preds += [Prediction(q.id, o, r, [], int(n), s) for q, r, o, n, s in zip(qs, raws, outs, n_tokens, ls,

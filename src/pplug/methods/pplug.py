@@ -248,9 +248,10 @@ class PPlugMethod:
                 vecs = [v[most_recent(q.profile, self.config.plug.max_history)] for v, q in
                         zip(vectors[i:i + dec.batch_size], qs, strict=True)]
             out, built = self._forward(qs, profiles, vectors=vecs)
-            label_scores: list[list[float]] = []
-            raws, outs = decode_outputs(self.backbone, self.task, built, dec, all_profiles[i:i + dec.batch_size],
-                                        label_scores)
+            allowed = [self.task.labels_for(q.input) for q in qs]  # an input that lists its labels restricts them
+            label_scores: list[dict[str, float]] = []
+            raws, outs = decode_outputs(self.backbone, self.task, built, dec, allowed,
+                                        all_profiles[i:i + dec.batch_size], label_scores)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):
                 preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b]),
