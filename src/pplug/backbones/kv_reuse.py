@@ -1,0 +1,146 @@
+"""Frozen-prefix reuse for decoder-only backbones: the KV cache of the text before the soft tokens.
+
+With the soft tokens placed after the task text (``[chat head; text; soft; chat tail; target]``), no
+token of ``[chat head; text]`` attends to a soft token, so its keys and values do not depend on the
+trainable plug. They are computed once per batch without gradient; only the soft tokens, the chat
+tail and the target run with gradient (training) or are appended to the cache (prediction). The
+columns every row shares (chat head + the task's fixed instruction) are computed once per process
+with batch 1 and kept in a small LRU (`SharedPrefixes`).
+
+Batch layout (built by ``CausalBackbone.build(..., soft_after_text=True)``)::
+
+    [shared s][pad][rest of the frozen text][pad][soft][tail][target]
+     <-------- frozen_len columns -------->
+
+Position ids come from the attention mask (cumsum - 1), so the padding gaps shift nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+KV = list[tuple[Tensor, Tensor]]  # per layer: keys, values [1, heads, s, head_dim]
+
+
+class SharedPrefixes:
+    """LRU of the KV cache (and last-column logits) of token prefixes computed with batch 1.
+
+    Args:
+        size: prefixes kept (one per task prompt in practice).
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._items: OrderedDict[tuple[int, ...], tuple[KV, Tensor]] = OrderedDict()
+
+    def lookup(self, ids: list[int]) -> tuple[int, KV | None, Tensor | None]:
+        """The longest stored prefix of ``ids``: (its length, its KV, its last logits [1, 1, V]); (0, None, None)."""
+        best: tuple[int, ...] | None = None
+        for key in self._items:
+            if len(key) <= len(ids) and (best is None or len(key) > len(best)) and list(key) == ids[: len(key)]:
+                best = key
+        if best is None:
+            return 0, None, None
+        self._items.move_to_end(best)
+        kv, last = self._items[best]
+        return len(best), kv, last
+
+    def put(self, ids: list[int], kv: KV, last: Tensor) -> None:
+        self._items[tuple(ids)] = (kv, last)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest token prefix shared by every row."""
+    if not rows:
+        return 0
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        tok = rows[0][i]
+        if any(r[i] != tok for r in rows):
+            return i
+    return n
+
+
+def frozen_cache(model, batch, shared: SharedPrefixes, keep_arg: bool) -> tuple[DynamicCache, Tensor]:
+    """KV cache of the batch's first ``frozen_len`` columns, computed without gradient.
+
+    The ``shared_len`` columns common to every row come from ``shared`` (computed with batch 1 on a miss
+    and stored when the batch has more than one row); the rest of the frozen columns run batched.
+
+    Args:
+        model: the frozen HF causal LM.
+        batch: a Batch with frozen_len > 0 (see the module docstring for its layout).
+        shared: the backbone's LRU of shared prefixes.
+        keep_arg: the model's forward takes ``logits_to_keep``.
+
+    Returns:
+        (cache over [b, frozen_len] columns, logits at the last frozen column [b, 1, V]).
+    """
+    b, f, s = len(batch), batch.frozen_len, batch.shared_len
+    e, m, p = batch.inputs_embeds, batch.attention_mask, batch.position_ids
+    one = {"logits_to_keep": 1} if keep_arg else {}
+    with torch.no_grad():
+        ids = batch.input_ids[0, :s].tolist()
+        done, kv, last = shared.lookup(ids)
+        if s > 0 and done < s and (b > 1 or done == 0):  # b == 1 with a hit: its own text runs below
+            cache = DynamicCache(ddp_cache_data=kv, config=model.config) if kv else DynamicCache(config=model.config)
+            out = model(inputs_embeds=e[:1, done:s], attention_mask=m[:1, :s], position_ids=p[:1, done:s],
+                        past_key_values=cache, use_cache=True, **one)
+            kv = [(k, v) for k, v, *_ in out.past_key_values]
+            done, last = s, out.logits[:, -1:]
+            if b > 1:
+                shared.put(ids, kv, last)
+        data = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv] if kv else None
+        cache = DynamicCache(ddp_cache_data=data, config=model.config)
+        if done < f:
+            out = model(inputs_embeds=e[:, done:f], attention_mask=m[:, :f], position_ids=p[:, done:f],
+                        past_key_values=cache, use_cache=True, **one)
+            last = out.logits[:, -1:]
+        else:
+            last = last.expand(b, -1, -1)
+    return cache, last
+
+
+def greedy_decode(model, embed, cache: DynamicCache, last: Tensor, mask: Tensor, position: Tensor,
+                  max_new_tokens: int, eos: list[int], pad: int) -> Tensor:
+    """Greedy decoding that continues a prefilled cache (the same tokens as ``generate(do_sample=False)``).
+
+    Args:
+        model: the frozen HF causal LM.
+        embed: ids [b, 1] -> input embeddings [b, 1, d].
+        cache: the prompt's KV cache (extended in place).
+        last: logits at the prompt's last column [b, 1, V].
+        mask: the prompt's attention mask [b, t].
+        position: the prompt's last position id per row [b, 1].
+        max_new_tokens: cap on new tokens.
+        eos: ids that end a row; a finished row is filled with ``pad``.
+        pad: filler id after EOS.
+
+    Returns:
+        new token ids [b, n <= max_new_tokens].
+    """
+    b = last.shape[0]
+    done = torch.zeros(b, dtype=torch.bool, device=last.device)
+    eos_t = torch.tensor(eos, dtype=torch.long, device=last.device)
+    out = []
+    for step in range(max_new_tokens):
+        nxt = last[:, -1].argmax(-1).masked_fill(done, pad)  # [b]
+        out.append(nxt)
+        done |= torch.isin(nxt, eos_t)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+        position = position + 1
+        o = model(inputs_embeds=embed(nxt[:, None]), attention_mask=mask, position_ids=position,
+                  past_key_values=cache, use_cache=True)
+        last = o.logits[:, -1:]
+    return torch.stack(out, dim=1) if out else torch.zeros(b, 0, dtype=torch.long, device=last.device)
