@@ -21,6 +21,7 @@ class DecodeConfig:
     batch_size: int = 8  # questions per generate call
     swap_history: bool = False  # diagnostic: give each question another user's history at prediction
     classify: str = "generate"  # classification/rating: "generate" then parse, or "rank" the labels by likelihood
+    bucket: bool = True  # batch questions of similar prompt length (less padding); predictions keep input order
 
     def __post_init__(self) -> None:
         if self.classify not in ("generate", "rank"):

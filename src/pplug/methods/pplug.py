@@ -132,11 +132,15 @@ class PPlugMethod:
         out = self.plug(query, hist, mask)
         parts = [PromptParts(text=self.task.prompt(q.input), prefix=pre)
                  for q, pre in zip(questions, self._prefixes(questions, profiles), strict=True)]
-        return out, self.backbone.build(parts, out.soft, out.soft_mask, targets)
+        after = self.config.plug.placement == "after_text"
+        return out, self.backbone.build(parts, out.soft, out.soft_mask, targets, soft_after_text=after)
 
     def prime(self, questions: Sequence[Question]) -> None:
-        """Encode every history item of these questions once (fills the embedding cache)."""
+        """Encode every history item (and, with a frozen input encoder, every query) of these questions once
+        (fills the embedding cache)."""
         texts = [self.task.render_item(it) for q in questions for it in self._items(q.profile)]
+        if self.input_encoder is None and self.config.plug.use_persona:  # frozen input encoder: cache queries too
+            texts += [self.task.query(q.input) for q in questions]
         if texts:
             self.history_encoder.encode(texts, show_progress=self.config.train.progress)
 
@@ -174,7 +178,8 @@ class PPlugMethod:
             evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
             higher_is_better=HIGHER_IS_BETTER[metric], on_best=lambda: self.save(run_dir),
             checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
-            load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name)
+            load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name,
+            length=lambda ex: len(ex.question.input))
         self.load(run_dir)  # keep the best epoch's weights
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
                 "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
@@ -224,20 +229,23 @@ class PPlugMethod:
         self.trainable.eval()
         dec = self.config.decode
         all_profiles = swapped_profiles(questions) if dec.swap_history else [q.profile for q in questions]
-        preds: list[Prediction] = []
-        for i in range(0, len(questions), dec.batch_size):
-            qs = list(questions[i:i + dec.batch_size])
-            profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
+        order = list(range(len(questions)))
+        if dec.bucket:  # similar prompt lengths share a batch: less padding
+            order.sort(key=lambda j: len(questions[j].input))
+        preds: list[Prediction | None] = [None] * len(questions)
+        for i in range(0, len(order), dec.batch_size):
+            idx = order[i:i + dec.batch_size]
+            qs = [questions[j] for j in idx]
+            profiles = [self._items(all_profiles[j]) for j in idx]
             vecs = None
             if vectors is not None:
-                vecs = [v[-len(p):] if p else v[:0] for v, p in zip(vectors[i:i + dec.batch_size], profiles,
-                                                                     strict=True)]
+                vecs = [vectors[j][-len(p):] if p else vectors[j][:0] for j, p in zip(idx, profiles, strict=True)]
             out, built = self._forward(qs, profiles, vectors=vecs)
             raws, outs = decode_outputs(self.backbone, self.task, built, dec)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
-            for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):
-                preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b])))
-        return preds
+            for b, (j, raw, pred) in enumerate(zip(idx, raws, outs, strict=True)):
+                preds[j] = Prediction(qs[b].id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b]))
+        return preds  # type: ignore[return-value]  # every slot is filled
 
     def explain(self, out: PlugOutput, b: int, profile: list[HistoryItem], top: int = 3) -> list[dict[str, Any]]:
         """The history items with the largest aggregator weights for example ``b``."""

@@ -1,0 +1,134 @@
+"""Speed levers that must not change results: float16 item vectors, length bucketing, placement option."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from pplug.embedding_cache import EmbeddingCache
+from pplug.training import bucketed
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_float16_cache_halves_bytes_and_keeps_scores(tmp_path):
+    items, queries = _unit(200, 384, 0), _unit(16, 384, 1)
+    texts = [f"item {i}" for i in range(200)]
+    cache = EmbeddingCache(tmp_path / "c.sqlite", "enc")
+    cache.put_many(texts, items)
+    fresh = EmbeddingCache(tmp_path / "c.sqlite", "enc")  # read back from disk
+    got = np.stack(fresh.get_many(texts))
+    assert got.dtype == np.float32
+    blob = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT vec FROM embeddings LIMIT 1").fetchone()[0]
+    assert len(blob) == 384 * 2  # half of float32
+    scores, scores16 = queries @ items.T, queries @ got.T
+    assert np.abs(scores - scores16).max() < 2e-3
+    # the aggregator softmax (temperature 0.05) moves by well under a percent point
+    w, w16 = (torch.tensor(s / 0.05).softmax(-1) for s in (scores, scores16))
+    assert (w - w16).abs().max() < 5e-3
+    assert (torch.tensor(scores).argmax(-1) == torch.tensor(scores16).argmax(-1)).all()
+    assert np.array_equal(np.stack(cache.get_many(texts)), got)  # memory and disk agree exactly
+
+
+def test_legacy_float32_blobs_are_read(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite", "enc", dtype="float32")
+    vec = _unit(1, 8, 2)
+    cache.put_many(["a"], vec)
+    assert np.array_equal(EmbeddingCache(tmp_path / "c.sqlite", "enc", dtype="float32").get_many(["a"])[0], vec[0])
+    assert np.abs(EmbeddingCache(tmp_path / "c.sqlite", "enc").get_many(["a"])[0] - vec[0]).max() < 1e-3
+    with pytest.raises(ValueError, match="dtype"):
+        EmbeddingCache(None, "enc", dtype="int8")
+
+
+def test_server_store_vectors_float16_round_trip():
+    from pplug.server.store import decode_vec, encode_vec
+
+    v = _unit(1, 384, 3)[0]
+    blob = encode_vec(v)
+    assert len(blob) == 384 * 2
+    assert np.abs(decode_vec(blob, 384) - v).max() < 1e-3
+    assert np.array_equal(decode_vec(v.tobytes(), 384), v)  # an older float32 store
+
+
+def test_bucketed_batches_cover_every_index_once_by_length():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 0]
+    order = list(range(10))
+    batches = bucketed(order, lengths, batch_size=2, window=5, seed=0)
+    assert sorted(i for b in batches for i in b) == order
+    assert all(len(b) == 2 for b in batches)
+    assert sorted(tuple(b) for b in batches) == [(0, 8), (1, 9), (2, 6), (3, 7), (5, 4)] or \
+        all(abs(lengths[b[0]] - lengths[b[1]]) <= 2 for b in batches)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from pplug.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(n_train_users=4, n_dev_users=2, n_test_users=3, min_profile=3, max_profile=6)
+    return synthesize(tmp_path_factory.mktemp("synth"), cfg)
+
+
+def _method(data, task, backbone_dir, encoder_dir, **plug):
+    from pplug.config import RunConfig
+    from pplug.methods.pplug import PPlugMethod
+    from pplug.resources import Resources
+
+    cfg = RunConfig(method="pplug", data=str(data), task=task)
+    cfg.backbone.name_or_path, cfg.encoder.name_or_path = str(backbone_dir), str(encoder_dir)
+    cfg.train.progress, cfg.decode.max_new_tokens, cfg.decode.batch_size = False, 4, 2
+    for k, v in plug.items():
+        setattr(cfg.plug, k, v)
+    return PPlugMethod(cfg, Resources(None))
+
+
+def test_bucketed_prediction_keeps_input_order(synth, tiny_llama_dir, tiny_bert_dir):
+    from pplug.data import load_split
+
+    method = _method(synth["synth_topic"], "synth_topic", tiny_llama_dir, tiny_bert_dir)
+    method.config.decode.classify = "rank"
+    qs = load_split(synth["synth_topic"], "test").questions
+    qs = sorted(qs, key=lambda q: -len(q.input))[:3] + sorted(qs, key=lambda q: len(q.input))[:3]  # mixed lengths
+    bucketed_preds = method.predict(qs)
+    method.config.decode.bucket = False
+    plain = method.predict(qs)
+    assert [p.id for p in bucketed_preds] == [q.id for q in qs]
+    assert [p.output for p in bucketed_preds] == [p.output for p in plain]
+
+
+def test_after_text_placement_trains_on_both_kinds(synth, tiny_backbone_dir, tiny_bert_dir):
+    from pplug.data import load_split
+    from pplug.methods.pplug import Example
+
+    method = _method(synth["synth_title"], "synth_title", tiny_backbone_dir, tiny_bert_dir,
+                     placement="after_text", n_persona_tokens=2)
+    train = load_split(synth["synth_title"], "train")
+    loss = method._loss([Example(q, train.gold(q)) for q in train.questions[:3]])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in method.plug.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in method.backbone.model.parameters())
+    assert len(method.predict(train.questions[:3])) == 3
+
+
+def test_placement_is_validated():
+    from pplug.plug import PlugConfig
+
+    with pytest.raises(ValueError, match="placement"):
+        PlugConfig(placement="middle")
+
+
+def test_frozen_input_encoder_queries_are_primed(synth, tiny_llama_dir, tiny_bert_dir):
+    from pplug.data import load_split
+
+    method = _method(synth["synth_topic"], "synth_topic", tiny_llama_dir, tiny_bert_dir, train_input_encoder=False)
+    qs = load_split(synth["synth_topic"], "train").questions[:4]
+    method.prime(qs)
+    calls = method.history_encoder.stats.calls
+    method._queries(qs)
+    assert method.history_encoder.stats.calls == calls  # every query vector came from the cache
