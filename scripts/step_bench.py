@@ -3,7 +3,8 @@
 Usage:
     python scripts/step_bench.py --data DIR --out step_bench.json [--threads 1] [--steps 6] [--questions 24] \\
         --base plug.n_persona_tokens=4 --base decode.classify=rank \\
-        --variants today= after=plug.placement=after_text "fast=plug.placement=after_text,plug.train_input_encoder=false"
+        --variants today= after=plug.placement=after_text \
+        "fast=plug.placement=after_text,plug.train_input_encoder=false"
 
 The first variant is the reference for the speedup columns. See docs/speed.md.
 """

@@ -116,3 +116,16 @@ def test_seq2seq_soft_after_text(tiny_t5_dir):
     loss = bb.loss(after)
     loss.backward()
     assert torch.isfinite(loss) and soft.grad is not None
+
+
+def test_packed_option_scores_match_one_row_per_option(llama):
+    soft = _soft(llama, 3)
+    options = ["sports", "music", "a new battery design", "the"]
+    with torch.no_grad():
+        for after in (False, True):
+            batch = llama.build(PARTS, soft, soft_after_text=after)
+            packed = llama.score_options(batch, options)
+            llama.packed_options = False
+            repeated = llama.score_options(llama.build(PARTS, soft, soft_after_text=after), options)
+            llama.packed_options = True
+            assert torch.allclose(packed, repeated, atol=1e-4)

@@ -5,7 +5,8 @@ every variant before step i+1 of any), on the same training examples and the sam
 ratios between variants are fair even when other jobs share the CPU. Absolute seconds are not
 comparable across runs. Peak RSS is sampled in a background thread while each variant runs.
 
-    variant spec: ``name=section.field=value,section.field=value`` (``name=`` alone = the base config)
+    variant spec: ``name=section.field=value,section.field=value`` (``name=`` alone = the base config);
+    ``bench.packed_options=false`` runs that variant with the previous option scoring (one row per option).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pplug.config import apply_override, config_from_spec
+from pplug.config import config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
 from pplug.training import bucketed
@@ -103,8 +104,11 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
     pool = random.Random(cfg.seed).sample(train.questions, min(n_ex, len(train.questions)))
     examples = [Example(q, train.gold(q)) for q in pool]
     methods: dict[str, PPlugMethod] = {}
+    packed: dict[str, bool] = {}
     for spec in cfg.variants:
         name, sets = parse_variant(spec)
+        packed[name] = "bench.packed_options=false" not in sets
+        sets = [s for s in sets if not s.startswith("bench.")]
         run = config_from_spec("pplug", cfg.data, [*cfg.base, *sets])
         run.task = task
         run.train.progress = False
@@ -134,7 +138,7 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
     step_times: dict[str, list[float]] = {n: [] for n in methods}
     for i in range(cfg.warmup + cfg.steps):
         for n in methods:
-            secs = _timed(lambda n=n: step(n, batches[n][i]), train_rss, n)
+            secs = _timed(lambda n=n, i=i: step(n, batches[n][i]), train_rss, n)
             if i >= cfg.warmup:
                 step_times[n].append(secs)
         log(f"[step {i + 1}/{cfg.warmup + cfg.steps}] " + ", ".join(
@@ -143,9 +147,11 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
     pred_times: dict[str, list[float]] = {n: [] for n in methods}
     outputs: dict[str, list[str]] = {}
     for n, m in methods.items():
+        _set_packed(m, packed[n])
         m.predict(evals[:2])  # warm-up
     for r in range(cfg.rounds):
         for n, m in methods.items():
+            _set_packed(m, packed[n])
             holder: dict[str, Any] = {}
             secs = _timed(lambda m=m, h=holder: h.setdefault("p", m.predict(evals)), pred_rss, n)
             pred_times[n].append(secs / max(1, len(evals)))
@@ -164,13 +170,18 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
                    "train_peak_rss_mb": round(train_rss.get(n, 0.0), 1),
                    "predict_peak_rss_mb": round(pred_rss.get(n, 0.0), 1),
                    "trainable_parameters": m.n_trainable()}
-    for n, r in rows.items():
+    for r in rows.values():
         r["step_speedup"] = round(rows[first]["step_s"] / max(r["step_s"], 1e-9), 2)
         r["question_speedup"] = round(rows[first]["question_s"] / max(r["question_s"], 1e-9), 2)
     result = {"config": cfg.__dict__, "task": task, "threads": torch.get_num_threads(), "variants": rows}
     if cfg.onboard_users > 0:
         result["onboard"] = onboard_bench(methods[first], train.questions, cfg.onboard_users)
     return result
+
+
+def _set_packed(method, on: bool) -> None:
+    if hasattr(method.backbone, "packed_options"):
+        method.backbone.packed_options = on
 
 
 def onboard_bench(method, questions, users: int) -> dict[str, Any]:

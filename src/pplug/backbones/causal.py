@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from pplug.backbones.base import BackboneBase, Batch, PromptParts, no_labels, reduce_nll, token_nll
-from pplug.backbones.kv_reuse import SharedPrefixes, common_prefix, frozen_cache, greedy_decode
+from pplug.backbones.kv_reuse import SharedPrefixes, common_prefix, frozen_cache, greedy_decode, packed_option_scores
 
 PLACEHOLDER = "<<PPLUG_SOFT_TOKENS>>"
 
@@ -34,6 +34,7 @@ class CausalBackbone(BackboneBase):
         self._head, self._tail = self._scaffold()
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.shared_prefixes = SharedPrefixes()
+        self.packed_options = True  # score_options: all options in one row (False: one row per option, as before)
 
     def _scaffold(self) -> tuple[list[int], list[int]]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -191,7 +192,8 @@ class CausalBackbone(BackboneBase):
         return self._decode(out)
 
     def score_options(self, batch: Batch, options: list[str]) -> Tensor:
-        """Total log-likelihood of each option (+ EOS) as the whole output; the prompt runs once.
+        """Total log-likelihood of each option (+ EOS) as the whole output; the prompt runs once and all
+        options follow it packed in one row (see `pplug.backbones.kv_reuse.packed_option_scores`).
 
         Args:
             batch: built without targets.
@@ -202,17 +204,26 @@ class CausalBackbone(BackboneBase):
             tokens, so wrap inference calls in ``torch.no_grad()``.
         """
         no_labels(batch)
-        b, n = len(batch), len(options)
+        if not options:
+            raise ValueError("score_options needs at least one option")
         cache, last = self._prompt(batch)
+        if not self.packed_options:
+            return self._score_repeated(batch, cache, last, options)
+        opts = [self._target_ids(o) for o in options]
+        return packed_option_scores(self.model, self._embed, cache, last, batch.attention_mask,
+                                    batch.position_ids[:, -1:], opts)
+
+
+    def _score_repeated(self, batch: Batch, cache, last: Tensor, options: list[str]) -> Tensor:
+        """The previous option scoring (kept for before/after timing): the cache repeated per option."""
+        b, n = len(batch), len(options)
         cache.batch_repeat_interleave(n)
         ids, labels = self._option_ids(options, b)  # [b * n, L]
         mask = torch.cat([batch.attention_mask.repeat_interleave(n, 0), (labels != -100).long()], dim=1)
-        start = batch.position_ids[:, -1:].repeat_interleave(n, 0) + 1
-        pos = start + torch.arange(ids.shape[1], device=ids.device)  # [b * n, L] continues each prompt
-        out2 = self.model(inputs_embeds=self._embed(ids), attention_mask=mask, position_ids=pos,
-                          past_key_values=cache, use_cache=True)
-        first = last.repeat_interleave(n, 0)  # [b * n, 1, V] predicts each option's first token
-        logits = torch.cat([first, out2.logits[:, :-1]], dim=1)  # [b * n, L, V]
+        pos = batch.position_ids[:, -1:].repeat_interleave(n, 0) + 1 + torch.arange(ids.shape[1], device=ids.device)
+        out = self.model(inputs_embeds=self._embed(ids), attention_mask=mask, position_ids=pos,
+                         past_key_values=cache, use_cache=True)
+        logits = torch.cat([last.repeat_interleave(n, 0), out.logits[:, :-1]], dim=1)  # [b * n, L, V]
         nll, _ = token_nll(logits, labels)
         return -nll.view(b, n)
 

@@ -144,3 +144,53 @@ def greedy_decode(model, embed, cache: DynamicCache, last: Tensor, mask: Tensor,
                   past_key_values=cache, use_cache=True)
         last = o.logits[:, -1:]
     return torch.stack(out, dim=1) if out else torch.zeros(b, 0, dtype=torch.long, device=last.device)
+
+
+def packed_option_scores(model, embed, cache, last: Tensor, mask: Tensor, last_pos: Tensor,
+                         options: list[list[int]]) -> Tensor:
+    """Log-likelihood of every option after each prompt, all options packed in ONE row per prompt.
+
+    Option j's tokens ``o_1..o_L`` (ending in EOS): ``o_1`` is scored from the prompt's last logits; the
+    inputs ``o_1..o_{L-1}`` of every option are laid side by side in one row that continues the prompt's
+    cache, with a block-diagonal causal mask (each option sees the prompt and its own earlier tokens)
+    and positions restarting after the prompt for each option. The prompt cache is never copied per
+    option and no padding is computed.
+
+    Args:
+        model: the frozen HF causal LM.
+        embed: ids [m] -> embeddings [m, d].
+        cache: the prompts' KV cache over [b, t] columns (extended in place).
+        last: logits at the prompts' last column [b, 1, V].
+        mask: the prompts' attention mask [b, t].
+        last_pos: each prompt's last position id [b, 1].
+        options: n token lists (each >= 1 token).
+
+    Returns:
+        [b, n] float32 log-likelihoods.
+    """
+    b, t = mask.shape
+    first = torch.log_softmax(last[:, 0].float(), dim=-1)  # [b, V]
+    scores = first[:, [o[0] for o in options]]  # [b, n]
+    ids, offset, owner, targets = [], [], [], []
+    for j, o in enumerate(options):
+        for r in range(len(o) - 1):
+            ids.append(o[r])
+            offset.append(r)
+            owner.append(j)
+            targets.append(o[r + 1])
+    m = len(ids)
+    if m == 0:
+        return scores
+    dev = mask.device
+    owner_t, offset_t = torch.tensor(owner, device=dev), torch.tensor(offset, device=dev)
+    own = (owner_t[:, None] == owner_t[None, :]) & (offset_t[None, :] <= offset_t[:, None])  # [m, m]
+    allowed = torch.cat([mask.bool()[:, None, :].expand(b, m, t), own[None].expand(b, m, m)], dim=2)  # [b, m, t+m]
+    dtype = last.dtype
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+    pos = last_pos + 1 + offset_t[None, :]  # [b, m]
+    inputs = embed(torch.tensor(ids, device=dev))[None].expand(b, -1, -1)  # [b, m, d]
+    out = model(inputs_embeds=inputs, attention_mask=bias[:, None], position_ids=pos, past_key_values=cache,
+                use_cache=True)
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # [b, m, V]
+    picked = logp.gather(-1, torch.tensor(targets, device=dev)[None, :, None].expand(b, m, 1))[..., 0]  # [b, m]
+    return scores.index_add(1, owner_t, picked)

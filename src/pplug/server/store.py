@@ -177,8 +177,9 @@ class Store:
             u = self._user(s, tenant, user)
             if u is None:
                 raise NotFound("user", user)
-            q = (select(Item, ItemEmbedding.vec, ItemEmbedding.dim).join(ItemEmbedding, (ItemEmbedding.item_pk == Item.id)
-                                                      & (ItemEmbedding.space == space) & (ItemEmbedding.dim > 0))
+            q = (select(Item, ItemEmbedding.vec, ItemEmbedding.dim)
+                 .join(ItemEmbedding, (ItemEmbedding.item_pk == Item.id)
+                       & (ItemEmbedding.space == space) & (ItemEmbedding.dim > 0))
                  .where(Item.user_id == u.id).order_by(Item.id.desc()))
             rows = list(s.execute(q.limit(last) if last else q))[::-1]
         items = [HistoryItem(r.Item.item_id, dict(r.Item.fields), r.Item.date) for r in rows]
