@@ -132,3 +132,15 @@ def test_frozen_input_encoder_queries_are_primed(synth, tiny_llama_dir, tiny_ber
     calls = method.history_encoder.stats.calls
     method._queries(qs)
     assert method.history_encoder.stats.calls == calls  # every query vector came from the cache
+
+
+def test_encode_profiles_batches_users(synth, tiny_llama_dir, tiny_bert_dir):
+    from pplug.data import load_split
+
+    method = _method(synth["synth_topic"], "synth_topic", tiny_llama_dir, tiny_bert_dir)
+    qs = load_split(synth["synth_topic"], "train").questions[:4]
+    calls = method.history_encoder.stats.calls
+    vecs = method.encode_profiles([q.profile for q in qs])
+    assert method.history_encoder.stats.calls == calls + 1  # one encoder call for every user
+    for q, v in zip(qs, vecs, strict=True):
+        assert torch.allclose(v, method.item_vectors(method._items(q.profile)), atol=1e-6)

@@ -94,6 +94,16 @@ class PPlugMethod:
             return torch.zeros(0, self.history_encoder.dim)
         return self.history_encoder.encode([self.task.render_item(it) for it in items])
 
+    def encode_profiles(self, profiles: list[list[HistoryItem]]) -> list[torch.Tensor]:
+        """Onboard many users at once: one encoder call over all their (capped) items, stored in the cache.
+
+        Returns:
+            per user [n_i, d_enc] item vectors (what ``predict(vectors=...)`` takes).
+        """
+        items = [self._items(p) for p in profiles]
+        flat = self.item_vectors([it for p in items for it in p])
+        return list(torch.split(flat, [len(p) for p in items]))
+
     def _history(self, profiles: list[list[HistoryItem]],
                  vectors: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[b, n, d_enc] history embeddings and their [b, n] mask (``vectors``: precomputed per profile)."""
