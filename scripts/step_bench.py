@@ -29,12 +29,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--split", default="dev")
     ap.add_argument("--onboard-users", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=1, help="uses of each training question among the steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = StepBenchConfig(data=a.data, variants=a.variants, base=a.base, steps=a.steps, warmup=a.warmup,
-                          questions=a.questions, rounds=a.rounds, split=a.split, onboard_users=a.onboard_users)
+                          questions=a.questions, rounds=a.rounds, split=a.split, onboard_users=a.onboard_users,
+                          repeat=a.repeat)
     result = run_step_bench(cfg)
     print(markdown(result))
     if a.out:

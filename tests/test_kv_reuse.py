@@ -129,3 +129,20 @@ def test_packed_option_scores_match_one_row_per_option(llama):
             repeated = llama.score_options(llama.build(PARTS, soft, soft_after_text=after), options)
             llama.packed_options = True
             assert torch.allclose(packed, repeated, atol=1e-4)
+
+
+def test_frozen_rows_memo_gives_same_loss_and_grad(llama):
+    soft = _soft(llama, 3, grad=True)
+    ref = llama.loss(llama.build(PARTS, soft, targets=TARGETS, soft_after_text=True), reduction="none")
+    (g_ref,) = torch.autograd.grad(ref.sum(), soft)
+    llama.frozen_rows.max_bytes = 2**30
+    for rows in ([0, 1], [0, 1, 2], [0, 1, 2]):  # [0, 1] share more columns than [0, 1, 2]; the last pass hits
+        sub = soft[rows].detach().requires_grad_(True)
+        got = llama.loss(llama.build([PARTS[i] for i in rows], sub, targets=[TARGETS[i] for i in rows],
+                                     soft_after_text=True), reduction="none")
+        (g,) = torch.autograd.grad(got.sum(), sub)
+        assert torch.allclose(got, ref[rows], atol=1e-5) and torch.allclose(g, g_ref[rows], atol=1e-5)
+    assert len(llama.frozen_rows) == 5  # the key holds the shared length: 2 rows + 3 rows, no growth on the hit
+    llama.frozen_rows.max_bytes = 1  # over the cap: entries are evicted
+    llama.frozen_rows.put((9,), llama.frozen_rows.get(next(iter(llama.frozen_rows._items)))[0], torch.zeros(2))
+    assert len(llama.frozen_rows) == 0 and llama.frozen_rows.bytes == 0

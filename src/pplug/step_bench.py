@@ -40,6 +40,8 @@ class StepBenchConfig:
     split: str = "dev"  # split of the predicted questions
     onboard_users: int = 32  # users for the onboarding measurement (0 = skip)
     seed: int = 0  # picks the training examples
+    repeat: int = 1  # each training question appears this many times among the steps (augment_copies + 1 per
+    # epoch in real training), so the per-question frozen KV memo (train.kv_memo_mb) is exercised as in fit()
 
 
 class RssSampler:
@@ -101,8 +103,10 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
     train = load_split(cfg.data, "train", task)
     evals = load_split(cfg.data, cfg.split, task).questions[: cfg.questions]
     n_ex = (cfg.steps + cfg.warmup) * cfg.batch_size
-    pool = random.Random(cfg.seed).sample(train.questions, min(n_ex, len(train.questions)))
-    examples = [Example(q, train.gold(q)) for q in pool]
+    pool = random.Random(cfg.seed).sample(train.questions, min(-(-n_ex // cfg.repeat), len(train.questions)))
+    examples = [Example(q, train.gold(q)) for q in pool] * cfg.repeat
+    random.Random(cfg.seed).shuffle(examples)
+    examples = examples[:n_ex]
     methods: dict[str, PPlugMethod] = {}
     packed: dict[str, bool] = {}
     for spec in cfg.variants:
@@ -114,6 +118,7 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
         run.train.progress = False
         methods[name] = PPlugMethod(run, resources)
         methods[name].prime(pool + list(evals))
+
     opts = {n: torch.optim.AdamW([p for p in m.trainable.parameters() if p.requires_grad], lr=m.config.train.lr)
             for n, m in methods.items()}
     batches = {}
@@ -126,8 +131,15 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
             groups = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         batches[n] = [[examples[j] for j in g] for g in groups]
 
+    from pplug.backbones.kv_reuse import FrozenRows
+
+    # one frozen-KV memo per variant (the variants share one backbone object), capped as in fit()
+    memos = {n: FrozenRows(m.config.train.kv_memo_mb * 2**20) for n, m in methods.items()}
+
     def step(n: str, batch: list) -> None:
         m = methods[n]
+        if hasattr(m.backbone, "frozen_rows"):
+            m.backbone.frozen_rows = memos[n]
         m.trainable.train()
         m._loss(batch).backward()
         torch.nn.utils.clip_grad_norm_([p for p in m.trainable.parameters() if p.requires_grad], 1.0)
@@ -143,6 +155,10 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
                 step_times[n].append(secs)
         log(f"[step {i + 1}/{cfg.warmup + cfg.steps}] " + ", ".join(
             f"{n} {step_times[n][-1]:.2f}s" for n in methods if step_times[n] and i >= cfg.warmup))
+    for m in methods.values():  # prediction runs without the memo, as after fit()
+        if hasattr(m.backbone, "frozen_rows"):
+            m.backbone.frozen_rows = FrozenRows()
+    memos.clear()
     pred_rss: dict[str, float] = {}
     pred_times: dict[str, list[float]] = {n: [] for n in methods}
     outputs: dict[str, list[str]] = {}

@@ -36,6 +36,7 @@ class TrainConfig:
     augment_copies: int = 10  # history augmentation: extra copies per example with > 2 items (0 = off)
     augment_max_drop: float = 0.5  # each copy drops a random 1..max_drop share of the items
     bucket: int = 0  # length bucketing: sort each window of bucket x batch_size shuffled examples by length (0 = off)
+    kv_memo_mb: int = 1024  # plug.placement=after_text: keep each question's frozen KV while training (MB cap; 0 = off)
     class_balanced: bool = False  # classification: weight each example by inverse frequency of its label
     progress: bool = True  # show a progress bar with loss and ETA
 

@@ -8,7 +8,14 @@ import torch
 from torch import Tensor
 
 from pplug.backbones.base import BackboneBase, Batch, PromptParts, no_labels, reduce_nll, token_nll
-from pplug.backbones.kv_reuse import SharedPrefixes, common_prefix, frozen_cache, greedy_decode, packed_option_scores
+from pplug.backbones.kv_reuse import (
+    FrozenRows,
+    SharedPrefixes,
+    common_prefix,
+    frozen_cache,
+    greedy_decode,
+    packed_option_scores,
+)
 
 PLACEHOLDER = "<<PPLUG_SOFT_TOKENS>>"
 
@@ -34,6 +41,7 @@ class CausalBackbone(BackboneBase):
         self._head, self._tail = self._scaffold()
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.shared_prefixes = SharedPrefixes()
+        self.frozen_rows = FrozenRows()  # per-question frozen KV memo; PPlugMethod.fit turns it on while training
         self.packed_options = True  # score_options: all options in one row (False: one row per option, as before)
 
     def _scaffold(self) -> tuple[list[int], list[int]]:
@@ -112,10 +120,13 @@ class CausalBackbone(BackboneBase):
                      soft_positions=torch.tensor(shifted, **as_long).reshape(len(rows), -1),
                      frozen_len=shared + ta, shared_len=shared)
 
+    def _frozen(self, batch: Batch) -> tuple[object, Tensor]:
+        return frozen_cache(self.model, batch, self.shared_prefixes, self._keep_arg, self.frozen_rows)
+
     def _prompt(self, batch: Batch) -> tuple[object, Tensor]:
         """Run a prompt-only batch once: (its KV cache, logits at its last column [b, 1, V])."""
         f, keep1 = batch.frozen_len, ({"logits_to_keep": 1} if self._keep_arg else {})
-        cache, last = frozen_cache(self.model, batch, self.shared_prefixes, self._keep_arg) if f else (None, None)
+        cache, last = self._frozen(batch) if f else (None, None)
         if f < batch.inputs_embeds.shape[1]:
             out = self.model(inputs_embeds=batch.inputs_embeds[:, f:], attention_mask=batch.attention_mask,
                              position_ids=batch.position_ids[:, f:], past_key_values=cache, use_cache=True, **keep1)
@@ -125,7 +136,7 @@ class CausalBackbone(BackboneBase):
     def _frozen_loss(self, batch: Batch, reduction: str) -> Tensor:
         """The loss with the frozen columns from a no-grad KV cache; only the rest runs with grad."""
         f = batch.frozen_len
-        cache, last = frozen_cache(self.model, batch, self.shared_prefixes, self._keep_arg)
+        cache, last = self._frozen(batch)
         lab = batch.labels[:, f:]  # [b, tb]
         tb = lab.shape[1]
         has = (lab != -100).any(0).nonzero()

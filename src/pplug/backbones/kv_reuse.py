@@ -58,6 +58,46 @@ class SharedPrefixes:
         return len(self._items)
 
 
+class FrozenRows:
+    """LRU of each row's frozen KV after the shared prefix, keyed by (shared length, the row's frozen token ids).
+
+    Training sees every question several times (epochs x augmented copies) and the dev set once per
+    epoch; with this memo the frozen text of a question runs once per run. Off (``max_bytes`` 0) unless
+    a caller turns it on (``PPlugMethod.fit`` does, for the length of training).
+    """
+
+    def __init__(self, max_bytes: int = 0):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple[int, ...], tuple[KV, Tensor]] = OrderedDict()
+
+    def get(self, key: tuple[int, ...]) -> tuple[KV, Tensor] | None:
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[int, ...], kv: KV, last: Tensor) -> None:
+        """kv: per layer ([heads, n, head_dim] keys, values) of the row's frozen columns after the shared ones."""
+        if key in self._items or self.max_bytes <= 0:
+            return
+        self._items[key] = (kv, last)
+        self.bytes += _size(kv, last)
+        while self.bytes > self.max_bytes and self._items:
+            old_kv, old_last = self._items.popitem(last=False)[1]
+            self.bytes -= _size(old_kv, old_last)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _size(kv: KV, last: Tensor) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv) + last.numel() * 4
+
+
 def common_prefix(rows: list[list[int]]) -> int:
     """Length of the longest token prefix shared by every row."""
     if not rows:
@@ -70,7 +110,8 @@ def common_prefix(rows: list[list[int]]) -> int:
     return n
 
 
-def frozen_cache(model, batch, shared: SharedPrefixes, keep_arg: bool) -> tuple[DynamicCache, Tensor]:
+def frozen_cache(model, batch, shared: SharedPrefixes, keep_arg: bool,
+                 rows: FrozenRows | None = None) -> tuple[DynamicCache, Tensor]:
     """KV cache of the batch's first ``frozen_len`` columns, computed without gradient.
 
     The ``shared_len`` columns common to every row come from ``shared`` (computed with batch 1 on a miss
@@ -81,6 +122,7 @@ def frozen_cache(model, batch, shared: SharedPrefixes, keep_arg: bool) -> tuple[
         batch: a Batch with frozen_len > 0 (see the module docstring for its layout).
         shared: the backbone's LRU of shared prefixes.
         keep_arg: the model's forward takes ``logits_to_keep``.
+        rows: per-row memo of the frozen columns after the shared ones (used when it is on).
 
     Returns:
         (cache over [b, frozen_len] columns, logits at the last frozen column [b, 1, V]).
@@ -99,6 +141,8 @@ def frozen_cache(model, batch, shared: SharedPrefixes, keep_arg: bool) -> tuple[
             done, last = s, out.logits[:, -1:]
             if b > 1:
                 shared.put(ids, kv, last)
+        if rows is not None and rows.max_bytes > 0 and done == s and f > s:
+            return _memo_cache(model, batch, kv, rows, one)
         data = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv] if kv else None
         cache = DynamicCache(ddp_cache_data=data, config=model.config)
         if done < f:
@@ -108,6 +152,41 @@ def frozen_cache(model, batch, shared: SharedPrefixes, keep_arg: bool) -> tuple[
         else:
             last = last.expand(b, -1, -1)
     return cache, last
+
+
+def _memo_cache(model, batch, shared_kv: KV | None, rows: FrozenRows, one: dict) -> tuple[DynamicCache, Tensor]:
+    """The frozen cache assembled from per-row memo entries; rows not memoized yet run batched first."""
+    b, f, s = len(batch), batch.frozen_len, batch.shared_len
+    e, m, p = batch.inputs_embeds, batch.attention_mask, batch.position_ids
+    # the entry holds the columns after the shared ones, so the key includes how many were shared
+    keys = [(s, *batch.input_ids[i, :f][m[i, :f].bool()].tolist()) for i in range(b)]
+    got = [rows.get(k) for k in keys]
+    miss = [i for i in range(b) if got[i] is None]
+    if miss:
+        data = [(k.expand(len(miss), -1, -1, -1), v.expand(len(miss), -1, -1, -1)) for k, v in shared_kv] \
+            if shared_kv else None
+        cache = DynamicCache(ddp_cache_data=data, config=model.config)
+        out = model(inputs_embeds=e[miss, s:f], attention_mask=m[miss, :f], position_ids=p[miss, s:f],
+                    past_key_values=cache, use_cache=True, **one)
+        layers = [(k, v) for k, v, *_ in out.past_key_values]  # [len(miss), heads, f, head_dim]
+        for j, i in enumerate(miss):
+            n = int(m[i, s:f].sum())
+            kv = [(k[j, :, f - n:].clone(), v[j, :, f - n:].clone()) for k, v in layers]
+            got[i] = (kv, out.logits[j, -1].clone())
+            rows.put(keys[i], *got[i])
+    ref_k, ref_v = got[0][0][0]
+    data = []
+    for layer in range(len(got[0][0])):
+        k_all = ref_k.new_zeros(b, ref_k.shape[0], f, ref_k.shape[-1])
+        v_all = ref_v.new_zeros(b, ref_v.shape[0], f, ref_v.shape[-1])
+        if shared_kv:
+            k_all[:, :, :s], v_all[:, :, :s] = shared_kv[layer][0], shared_kv[layer][1]
+        for i in range(b):
+            k, v = got[i][0][layer]
+            k_all[i, :, f - k.shape[1]:], v_all[i, :, f - v.shape[1]:] = k, v  # right-aligned: the gap is masked
+        data.append((k_all, v_all))
+    last = torch.stack([g[1] for g in got])[:, None]  # [b, 1, V]
+    return DynamicCache(ddp_cache_data=data, config=model.config), last
 
 
 def greedy_decode(model, embed, cache: DynamicCache, last: Tensor, mask: Tensor, position: Tensor,

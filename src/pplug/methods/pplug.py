@@ -183,6 +183,9 @@ class PPlugMethod:
             preds = {p.id: p.output for p in self.predict(dev.questions)}
             return score_predictions(self.task, dev.golds, preds)[metric]
 
+        memo = getattr(self.backbone, "frozen_rows", None)  # decoder-only: frozen text KV reused across epochs
+        if memo is not None:
+            memo.max_bytes = cfg.kv_memo_mb * 2**20
         result = train_loop(
             [p for p in self.trainable.parameters() if p.requires_grad], self._loss, examples, cfg,
             evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
@@ -190,6 +193,9 @@ class PPlugMethod:
             checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
             load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name,
             length=lambda ex: len(ex.question.input))
+        if memo is not None:
+            memo.clear()
+            memo.max_bytes = 0
         self.load(run_dir)  # keep the best epoch's weights
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
                 "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
