@@ -144,3 +144,19 @@ def test_encode_profiles_batches_users(synth, tiny_llama_dir, tiny_bert_dir):
     assert method.history_encoder.stats.calls == calls + 1  # one encoder call for every user
     for q, v in zip(qs, vecs, strict=True):
         assert torch.allclose(v, method.item_vectors(method._items(q.profile)), atol=1e-6)
+
+
+def test_fit_with_after_text_uses_and_then_drops_the_kv_memo(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    from pplug.config import RunConfig
+    from pplug.resources import Resources
+    from pplug.runner import train_run
+
+    cfg = RunConfig(method="pplug", data=str(synth["synth_topic"]))
+    cfg.backbone.name_or_path, cfg.encoder.name_or_path = str(tiny_llama_dir), str(tiny_bert_dir)
+    cfg.train.max_steps, cfg.train.progress, cfg.train.augment_copies, cfg.train.dev_limit = 2, False, 1, 2
+    cfg.train.batch_size, cfg.train.bucket, cfg.decode.classify = 4, 2, "rank"
+    cfg.plug.placement, cfg.plug.train_input_encoder = "after_text", False
+    res = Resources(None)
+    report = train_run(cfg, tmp_path / "run", res)
+    memo = res.backbone(cfg.backbone).frozen_rows
+    assert report["steps"] == 2 and len(memo) == 0 and memo.max_bytes == 0
