@@ -160,3 +160,28 @@ def test_fit_with_after_text_uses_and_then_drops_the_kv_memo(synth, tiny_llama_d
     report = train_run(cfg, tmp_path / "run", res)
     memo = res.backbone(cfg.backbone).frozen_rows
     assert report["steps"] == 2 and len(memo) == 0 and memo.max_bytes == 0
+
+
+def test_step_bench_runs_variants_interleaved(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    import json
+
+    from pplug.resources import Resources
+    from pplug.step_bench import StepBenchConfig, markdown, parse_variant, run_step_bench, write
+
+    cfg = StepBenchConfig(data=str(synth["synth_topic"]), steps=2, warmup=1, batch_size=2, questions=3, rounds=1,
+                          onboard_users=2, repeat=2,
+                          base=[f"backbone.name_or_path={tiny_llama_dir}", f"encoder.name_or_path={tiny_bert_dir}",
+                                "decode.classify=rank"],
+                          variants=["today=bench.packed_options=false,decode.bucket=false",
+                                    "fast=plug.placement=after_text,plug.train_input_encoder=false,train.bucket=2"])
+    result = run_step_bench(cfg, Resources(None), log=lambda _: None)
+    rows = result["variants"]
+    assert list(rows) == ["today", "fast"] and rows["today"]["step_speedup"] == 1.0
+    assert all(len(r["step_times"]) == 2 and r["question_s"] > 0 and r["train_peak_rss_mb"] > 0 for r in rows.values())
+    assert rows["fast"]["trainable_parameters"] < rows["today"]["trainable_parameters"]  # no input encoder
+    assert result["onboard"]["users"] == 2 and result["onboard"]["batched_vs_one_by_one_max_abs_diff"] < 1e-4
+    assert "| fast |" in markdown(result)
+    write(result, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["task"] == "synth_topic"
+    with pytest.raises(Exception, match="NAME="):
+        parse_variant("plug.placement")
