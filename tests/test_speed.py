@@ -185,3 +185,12 @@ def test_step_bench_runs_variants_interleaved(synth, tiny_llama_dir, tiny_bert_d
     assert json.loads((tmp_path / "r.json").read_text())["task"] == "synth_topic"
     with pytest.raises(Exception, match="NAME="):
         parse_variant("plug.placement")
+
+
+def test_onboard_state_is_counted_in_float16(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    from pplug.data import load_split
+
+    method = _method(synth["synth_topic"], "synth_topic", tiny_llama_dir, tiny_bert_dir)
+    qs = load_split(synth["synth_topic"], "test").questions[:1]
+    _, state = method.onboard_cost(qs, tmp_path, users=1)
+    assert state == len(method._items(qs[0].profile)) * method.history_encoder.dim * 2

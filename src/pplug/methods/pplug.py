@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -203,8 +204,8 @@ class PPlugMethod:
 
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
         """Onboarding a new user = one frozen-encoder pass over her history (no cache); her state = those
-        embeddings. Returns (mean seconds per user, mean bytes per user) over up to ``users`` users.
-        The ``no_persona`` ablation uses no history: (0, 0)."""
+        embeddings as stored (float16 by default). Returns (mean seconds per user, mean bytes per user) over
+        up to ``users`` users. The ``no_persona`` ablation uses no history: (0, 0)."""
         if not self.config.plug.use_persona:
             return 0.0, 0
         by_user: dict[str, list[HistoryItem]] = {}
@@ -218,8 +219,13 @@ class PPlugMethod:
             if texts:
                 self.history_encoder.encoder.encode(texts)
             secs.append(time.perf_counter() - t0)
-            sizes.append(len(texts) * self.history_encoder.dim * 4)
+            sizes.append(len(texts) * self.history_encoder.dim * self._vector_bytes())
         return sum(secs) / max(1, len(secs)), int(sum(sizes) / max(1, len(sizes)))
+
+    def _vector_bytes(self) -> int:
+        """Bytes per stored item-vector value (the embedding cache's storage dtype: float16 = 2)."""
+        cache = getattr(self.history_encoder, "cache", None)
+        return int(np.dtype(cache.dtype).itemsize) if cache is not None else 4
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)
