@@ -31,6 +31,7 @@ class DecodeConfig:
     classify: str = "generate"  # classification/rating: "generate" then parse, or "rank" the labels by likelihood
     label_prior: float | str = 0.0  # rank decoding: weight of the user's label prior (0 = LLM alone; "auto" = dev)
     prior_smoothing: float = 1.0  # Dirichlet smoothing of the user's label counts in the prior
+    bucket: bool = True  # batch questions of similar prompt length (less padding); predictions keep input order
 
     def new_tokens(self, kind: str) -> int:
         if self.max_new_tokens is not None:

@@ -1,7 +1,9 @@
 """On-disk cache of frozen text embeddings, keyed by (encoder name, sha256 of the text).
 
 History items are encoded once across runs and processes: a SQLite file in WAL mode (safe for
-concurrent readers and writers) behind an in-process dict.
+concurrent readers and writers) behind an in-process dict. Vectors are stored as float16 by default
+(half the bytes; L2-normalized embeddings lose ~1e-4 in a dot product) and read back as float32;
+float32 blobs written by older versions are still read (the blob size tells the two apart).
 """
 
 from __future__ import annotations
@@ -36,10 +38,21 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _frozen(vec: np.ndarray) -> np.ndarray:
-    vec = np.array(vec, dtype=np.float32)  # a copy
+def _frozen(vec: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    vec = np.array(vec, dtype=dtype)  # a copy
     vec.flags.writeable = False  # shared with the in-process dict: callers must not mutate it
     return vec
+
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def decode_vec(blob: bytes, dim: int) -> np.ndarray | None:
+    """A stored vector as float32 [dim] (float16 or float32 blob, told apart by its size); None if neither."""
+    for dtype in (np.float16, np.float32):
+        if len(blob) == dim * np.dtype(dtype).itemsize:
+            return np.frombuffer(blob, dtype=dtype).astype(np.float32)
+    return None
 
 
 class EmbeddingCache:
@@ -50,9 +63,13 @@ class EmbeddingCache:
         encoder_name: the encoder's ``name``; entries of other encoders in the same file are invisible.
     """
 
-    def __init__(self, path: str | Path | None, encoder_name: str, max_memory_items: int = 100_000):
+    def __init__(self, path: str | Path | None, encoder_name: str, max_memory_items: int = 100_000,
+                 dtype: str = "float16"):
         self.path = Path(path).expanduser() if path is not None else None
         self.encoder_name = encoder_name
+        if dtype not in DTYPES:
+            raise ValueError(f"embedding cache dtype must be one of {list(DTYPES)}, got '{dtype}'")
+        self.dtype = DTYPES[dtype]  # storage type in memory and on disk
         # LRU bound on the in-process dict when SQLite backs it (evicted entries are re-read from disk),
         # so a long-running server does not grow without bound; memory-only caches are never evicted.
         self.max_memory_items = max_memory_items
@@ -70,7 +87,7 @@ class EmbeddingCache:
     def get_many(self, texts: list[str]) -> list[np.ndarray | None]:
         """Cached vectors for ``texts`` (read-only float32 arrays of shape [d]), ``None`` where missing."""
         keys = [text_key(t) for t in texts]
-        found = {k: self._mem[k] for k in keys if k in self._mem}
+        found = {k: self._mem[k] for k in keys if k in self._mem}  # in the storage dtype
         for k in found:
             self._mem.move_to_end(k)
         missing = list(dict.fromkeys(k for k in keys if k not in found))
@@ -82,11 +99,16 @@ class EmbeddingCache:
                         f"SELECT key, dim, vec FROM embeddings WHERE encoder = ? AND key IN "
                         f"({','.join('?' * len(chunk))})", [self.encoder_name, *chunk]).fetchall()
                     for key, dim, blob in rows:
-                        vec = np.frombuffer(blob, dtype=np.float32)  # read-only view of the blob
-                        if vec.shape == (dim,):
-                            found[key] = self._mem[key] = vec
+                        vec = decode_vec(blob, dim)
+                        if vec is not None:
+                            found[key] = self._mem[key] = _frozen(vec, self.dtype)
             self._evict()
-        return [found.get(k) for k in keys]
+        out = {k: _frozen(v) for k, v in found.items()}  # float32 copies
+        return [out.get(k) for k in keys]
+
+    def roundtrip(self, vecs: np.ndarray) -> np.ndarray:
+        """``vecs`` [n, d] as they read back from this cache (float32 after the storage dtype)."""
+        return np.asarray(vecs).astype(self.dtype).astype(np.float32)
 
     def _evict(self) -> None:
         if self._db is not None:
@@ -98,12 +120,12 @@ class EmbeddingCache:
 
         Args:
             texts: n strings.
-            vecs: [n, d] array (stored as float32).
+            vecs: [n, d] array (stored in the cache's dtype).
         """
         vecs = np.asarray(vecs, dtype=np.float32)
         if vecs.ndim != 2 or len(vecs) != len(texts):
             raise ValueError(f"put_many: expected [{len(texts)}, d] vectors, got shape {vecs.shape}")
-        entries = {text_key(t): _frozen(v) for t, v in zip(texts, vecs, strict=True)}
+        entries = {text_key(t): _frozen(v, self.dtype) for t, v in zip(texts, vecs, strict=True)}
         self._mem.update(entries)
         self._evict()
         if self._db is not None and entries:
@@ -181,7 +203,7 @@ class CachedEncoder:
             self.cache.put_many(missing, new)
             self.stats.misses += len(missing)
             self.stats.calls += 1
-            fresh = dict(zip(missing, new, strict=True))
+            fresh = dict(zip(missing, self.cache.roundtrip(new), strict=True))  # as a later read returns them
             found = [fresh[t] if v is None else v for t, v in zip(texts, found, strict=True)]
         if not texts:
             return torch.zeros(0, self.dim)

@@ -7,7 +7,8 @@
     I    = Proj_I(I0)                        task instruction token               [1, d_lm]
     soft = [I; P_u], each token rescaled to the backbone's mean token-embedding norm (x learnable gain)
 
-The LLM input is ``[prefix text; I; P_u; Emb(x)]`` (see pplug.backbones). The aggregator weights
+The LLM input is ``[prefix text; I; P_u; Emb(x)]`` (see pplug.backbones), or with
+``placement="after_text"`` ``[prefix text; Emb(x); I; P_u]``. The aggregator weights
 ``w`` are returned as the explanation of which past items shaped the output.
 """
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 ABLATIONS = ("none", "no_instruction", "mean_pool", "no_persona", "top_k")
+PLACEMENTS = ("before_text", "after_text")
 
 
 @dataclass
@@ -34,10 +36,14 @@ class PlugConfig:
     gain_init: float = 1.0  # initial gain: soft-token norm = gain * mean token norm (the learned gain barely moves)
     train_input_encoder: bool = True  # fine-tune the input encoder (paper) or keep it frozen
     max_history: int = 64  # items entering the aggregator: the most recent by date (file order if undated); 0 = all
+    placement: str = "before_text"  # soft tokens before_text ([I; P_u; x], paper) or after_text ([x; I; P_u]:
+    # decoder-only backbones then reuse the text's KV cache, computed once without grad; see docs/speed.md)
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got '{self.ablation}'")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"plug.placement must be one of {PLACEMENTS}, got '{self.placement}'")
         if self.n_persona_tokens < 1:
             raise ValueError("n_persona_tokens must be >= 1")
 

@@ -38,6 +38,8 @@ class TrainConfig:
     seed: int = 0  # seeds shuffling, augmentation and initialization
     augment_copies: int = 10  # history augmentation: extra copies per example with > 2 items (0 = off)
     augment_max_drop: float = 0.5  # each copy drops a random 1..max_drop share of the items
+    bucket: int = 0  # length bucketing: sort each window of bucket x batch_size shuffled examples by length (0 = off)
+    kv_memo_mb: int = 1024  # plug.placement=after_text: keep each question's frozen KV while training (MB cap; 0 = off)
     class_balanced: bool = False  # classification: weight each example by inverse frequency of its label
     progress: bool = True  # show a progress bar with loss and ETA
 
@@ -69,13 +71,26 @@ def lr_lambda(total: int, warmup: float) -> Callable[[int], float]:
     return f
 
 
+def bucketed(order: list[int], lengths: list[int], batch_size: int, window: int, seed: int) -> list[list[int]]:
+    """Micro-batches of similar length: each window of ``window * batch_size`` indices (in ``order``) is
+    sorted by length and cut into batches; the batches are then shuffled (every index appears once)."""
+    span = window * batch_size
+    batches = []
+    for w in range(0, len(order), span):
+        chunk = sorted(order[w:w + span], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
 def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any]], torch.Tensor],
                examples: Sequence[Any], config: TrainConfig, *,
                evaluate: Callable[[], float] | None = None, higher_is_better: bool = True,
                on_best: Callable[[], None] | None = None, checkpoint: Path | None = None,
                state: Callable[[], dict[str, torch.Tensor]] | None = None,
                load_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
-               train_mode: Callable[[bool], None] | None = None, desc: str = "train") -> TrainResult:
+               train_mode: Callable[[bool], None] | None = None, desc: str = "train",
+               length: Callable[[Any], int] | None = None) -> TrainResult:
     """Optimize ``params`` to minimize ``loss_fn`` over ``examples``.
 
     Args:
@@ -87,6 +102,7 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         checkpoint: a file for resume (trainable state, optimizer, scheduler, epoch); resumed if present.
         state / load_state: get/set the trainable state dict (for the checkpoint).
         train_mode: switches dropout etc. on (True) / off (False) around evaluation.
+        length: an example's length, for ``config.bucket`` (bucketing is off without it).
 
     Returns:
         TrainResult with per-epoch loss, dev score and timing.
@@ -118,6 +134,9 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
             train_mode(True)
         losses: list[float] = []
         micro = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        if config.bucket > 0 and length is not None:
+            micro = bucketed(order, [length(e) for e in examples], config.batch_size, config.bucket,
+                             config.seed * 1000 + epoch)
         for i in range(0, len(micro), config.grad_accum):
             group = micro[i:i + config.grad_accum]
             step_loss = 0.0

@@ -48,6 +48,8 @@ class Batch:
     position_ids: Tensor | None  # [b, t] decoder-only: cumsum(mask) - 1, clamped at 0; None for seq2seq
     input_ids: Tensor  # [b, t] token ids behind inputs_embeds; pad id at soft-token and padding slots
     soft_positions: Tensor  # [b, k] index on the t axis of each soft token, -1 where masked out (not spliced)
+    frozen_len: int = 0  # leading columns with no soft token and no target: run once without grad, as a KV cache
+    shared_len: int = 0  # leading columns identical in every row (<= frozen_len): computed once, cached per process
 
     def __len__(self) -> int:
         return self.inputs_embeds.shape[0]
@@ -71,7 +73,7 @@ class Backbone(Protocol):
     def embedding_norm(self) -> float: ...
 
     def build(self, parts: list[PromptParts], soft: Tensor | None = None, soft_mask: Tensor | None = None,
-              targets: list[str] | None = None) -> Batch: ...
+              targets: list[str] | None = None, soft_after_text: bool = False) -> Batch: ...
 
     def loss(self, batch: Batch, reduction: str = "mean") -> Tensor: ...
 
@@ -171,8 +173,10 @@ class BackboneBase:
         return self.model.get_input_embeddings()(ids)
 
     def _splice(self, parts: list[PromptParts], soft: Tensor | None, soft_mask: Tensor | None,
-                before: list[int], after: list[int]) -> list[tuple[Tensor, list[int], list[int]]]:
-        """Per example: ``[before][prefix][kept soft][text][after]`` as embeddings, ids and soft slots.
+                before: list[int], after: list[int],
+                soft_after: bool = False) -> list[tuple[Tensor, list[int], list[int], int]]:
+        """Per example: ``[before][prefix][kept soft][text][after]`` as embeddings, ids and soft slots
+        (``soft_after``: ``[before][prefix][text][kept soft][after]``).
 
         Masked-out soft tokens are dropped rather than kept with attention 0, so a masked-out soft
         token gives exactly the input of no soft token for every position scheme (rotary, learned,
@@ -185,9 +189,11 @@ class BackboneBase:
             soft_mask: [b, k] bool, False = drop that soft token; None = keep all.
             before: scaffold ids before the prefix (chat-template head, BOS).
             after: scaffold ids after the text (chat-template tail, EOS).
+            soft_after: place the soft tokens after the text (the text then does not depend on them).
 
         Returns:
-            b tuples (embeds [n_i, d], ids [n_i] with pad at soft slots, soft slot indices [k]: -1 = dropped).
+            b tuples (embeds [n_i, d], ids [n_i] with pad at soft slots, soft slot indices [k]: -1 = dropped,
+            cut = the index of the first (possibly dropped) soft slot: ids[:cut] never see a soft token).
         """
         b = len(parts)
         k = 0 if soft is None else soft.shape[1]
@@ -209,7 +215,7 @@ class BackboneBase:
                 prefix, text = _fit(prefix, text, self._ids(part.text[part.body_start:]), room)
             else:
                 prefix, text = _fit(prefix, [], text, room)
-            head, tail = before + prefix, text + after
+            head, tail = (before + prefix + text, after) if soft_after else (before + prefix, text + after)
             ids = head + [self.pad_id] * len(keep) + tail
             emb = self._embed(ids)
             if keep:
@@ -217,7 +223,7 @@ class BackboneBase:
             slots = [-1] * k
             for j, s in enumerate(keep):
                 slots[s] = len(head) + j
-            out.append((emb, ids, slots))
+            out.append((emb, ids, slots, len(head)))
         return out
 
     def _special_wrap(self) -> tuple[list[int], list[int]]:

@@ -26,8 +26,11 @@ class Seq2SeqBackbone(BackboneBase):
         self._head, self._tail = lead, trail
 
     def build(self, parts: list[PromptParts], soft: Tensor | None = None, soft_mask: Tensor | None = None,
-              targets: list[str] | None = None) -> Batch:
+              targets: list[str] | None = None, soft_after_text: bool = False) -> Batch:
         """Tokenize, splice soft tokens after the prefix in the encoder input, make decoder labels.
+
+        ``soft_after_text`` moves the soft tokens behind the text (``[prefix][text][soft][EOS]``). Nothing is
+        reused: the encoder is bidirectional, so every encoder state depends on the soft tokens.
 
         Args:
             parts: b prompts.
@@ -41,15 +44,15 @@ class Seq2SeqBackbone(BackboneBase):
         """
         if targets is not None and len(targets) != len(parts):
             raise ValueError(f"{len(parts)} prompts but {len(targets)} targets")
-        spliced = self._splice(parts, soft, soft_mask, self._head, self._tail)
-        embeds, input_ids, mask, _ = self._pad_rows([(emb, ids) for emb, ids, _ in spliced], left=False)
+        spliced = self._splice(parts, soft, soft_mask, self._head, self._tail, soft_after_text)
+        embeds, input_ids, mask, _ = self._pad_rows([(emb, ids) for emb, ids, _, _ in spliced], left=False)
         labels = None
         if targets is not None:
             tgts = [self._target_ids(t) for t in targets]
             length = max(1, max(len(t) for t in tgts))
             labels = torch.tensor([t + [-100] * (length - len(t)) for t in tgts], dtype=torch.long,
                                   device=self.device)
-        soft_pos = torch.tensor([slot for _, _, slot in spliced], dtype=torch.long,
+        soft_pos = torch.tensor([slot for _, _, slot, _ in spliced], dtype=torch.long,
                                 device=self.device).reshape(len(parts), -1)
         return Batch(inputs_embeds=embeds, attention_mask=mask, labels=labels, position_ids=None,
                      input_ids=input_ids, soft_positions=soft_pos)

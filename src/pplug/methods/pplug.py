@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -99,6 +100,16 @@ class PPlugMethod:
             return torch.zeros(0, self.history_encoder.dim)
         return self.history_encoder.encode([self.task.render_item(it) for it in items])
 
+    def encode_profiles(self, profiles: list[list[HistoryItem]]) -> list[torch.Tensor]:
+        """Onboard many users at once: one encoder call over all their (capped) items, stored in the cache.
+
+        Returns:
+            per user [n_i, d_enc] item vectors (what ``predict(vectors=...)`` takes).
+        """
+        items = [self._items(p) for p in profiles]
+        flat = self.item_vectors([it for p in items for it in p])
+        return list(torch.split(flat, [len(p) for p in items]))
+
     def _history(self, profiles: list[list[HistoryItem]],
                  vectors: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[b, n, d_enc] history embeddings and their [b, n] mask (``vectors``: precomputed per profile)."""
@@ -138,11 +149,15 @@ class PPlugMethod:
         texts = [self.task.prompt(q.input) for q in questions]
         parts = [PromptParts(text=t, prefix=pre, body_start=self.task.body_start(t))
                  for t, pre in zip(texts, self._prefixes(questions, profiles), strict=True)]
-        return out, self.backbone.build(parts, out.soft, out.soft_mask, targets)
+        after = self.config.plug.placement == "after_text"
+        return out, self.backbone.build(parts, out.soft, out.soft_mask, targets, soft_after_text=after)
 
     def prime(self, questions: Sequence[Question]) -> None:
-        """Encode every history item of these questions once (fills the embedding cache)."""
+        """Encode every history item (and, with a frozen input encoder, every query) of these questions once
+        (fills the embedding cache)."""
         texts = [self.task.render_item(it) for q in questions for it in self._items(q.profile)]
+        if self.input_encoder is None and self.config.plug.use_persona:  # frozen input encoder: cache queries too
+            texts += [self.task.query(q.input) for q in questions]
         if texts:
             self.history_encoder.encode(texts, show_progress=self.config.train.progress)
 
@@ -182,12 +197,19 @@ class PPlugMethod:
                 self.config.decode = decode
             return score_predictions(self.task, dev.golds, preds)[metric]
 
+        memo = getattr(self.backbone, "frozen_rows", None)  # decoder-only: frozen text KV reused across epochs
+        if memo is not None:
+            memo.max_bytes = cfg.kv_memo_mb * 2**20
         result = train_loop(
             [p for p in self.trainable.parameters() if p.requires_grad], self._loss, examples, cfg,
             evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
             higher_is_better=HIGHER_IS_BETTER[metric], on_best=lambda: self.save(run_dir),
             checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
-            load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name)
+            load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name,
+            length=lambda ex: len(ex.question.input))
+        if memo is not None:
+            memo.clear()
+            memo.max_bytes = 0
         self.load(run_dir)  # keep the best epoch's weights
         prior = resolve_auto(self.config, self.task, dev, self.predict)  # decode.label_prior="auto": pick on dev
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
@@ -197,8 +219,8 @@ class PPlugMethod:
 
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
         """Onboarding a new user = one frozen-encoder pass over her history (no cache); her state = those
-        embeddings. Returns (mean seconds per user, mean bytes per user) over up to ``users`` users.
-        The ``no_persona`` ablation uses no history: (0, 0)."""
+        embeddings as stored (float16 by default). Returns (mean seconds per user, mean bytes per user) over
+        up to ``users`` users. The ``no_persona`` ablation uses no history: (0, 0)."""
         if not self.config.plug.use_persona:
             return 0.0, 0
         by_user: dict[str, list[HistoryItem]] = {}
@@ -212,8 +234,13 @@ class PPlugMethod:
             if texts:
                 self.history_encoder.encoder.encode(texts)
             secs.append(time.perf_counter() - t0)
-            sizes.append(len(texts) * self.history_encoder.dim * 4)
+            sizes.append(len(texts) * self.history_encoder.dim * self._vector_bytes())
         return sum(secs) / max(1, len(secs)), int(sum(sizes) / max(1, len(sizes)))
+
+    def _vector_bytes(self) -> int:
+        """Bytes per stored item-vector value (the embedding cache's storage dtype: float16 = 2)."""
+        cache = getattr(self.history_encoder, "cache", None)
+        return int(np.dtype(cache.dtype).itemsize) if cache is not None else 4
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)
@@ -239,24 +266,27 @@ class PPlugMethod:
         self.trainable.eval()
         dec = self.config.decode
         all_profiles = swapped_profiles(questions) if dec.swap_history else [q.profile for q in questions]
-        preds: list[Prediction] = []
-        for i in batches(len(questions), dec.batch_size, f"{self.name} predict"):
-            qs = list(questions[i:i + dec.batch_size])
-            profiles = [self._items(p) for p in all_profiles[i:i + dec.batch_size]]
+        order = list(range(len(questions)))
+        if dec.bucket:  # similar prompt lengths share a batch: less padding
+            order.sort(key=lambda j: len(questions[j].input))
+        preds: list[Prediction | None] = [None] * len(questions)
+        for i in batches(len(order), dec.batch_size, f"{self.name} predict"):
+            idx = order[i:i + dec.batch_size]
+            qs = [questions[j] for j in idx]
+            profiles = [self._items(all_profiles[j]) for j in idx]
             vecs = None
             if vectors is not None:  # the same items as `_items` picks (no swap: the server never swaps)
-                vecs = [v[most_recent(q.profile, self.config.plug.max_history)] for v, q in
-                        zip(vectors[i:i + dec.batch_size], qs, strict=True)]
+                vecs = [vectors[j][most_recent(questions[j].profile, self.config.plug.max_history)] for j in idx]
             out, built = self._forward(qs, profiles, vectors=vecs)
             allowed = [self.task.labels_for(q.input) for q in qs]  # an input that lists its labels restricts them
             label_scores: list[dict[str, float]] = []
             raws, outs = decode_outputs(self.backbone, self.task, built, dec, allowed,
-                                        all_profiles[i:i + dec.batch_size], label_scores)
+                                        [all_profiles[j] for j in idx], label_scores)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
-            for b, (q, raw, pred) in enumerate(zip(qs, raws, outs, strict=True)):
-                preds.append(Prediction(q.id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b]),
-                                        label_scores[b] if label_scores else None))
-        return preds
+            for b, (j, raw, pred) in enumerate(zip(idx, raws, outs, strict=True)):
+                preds[j] = Prediction(qs[b].id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b]),
+                                      label_scores[b] if label_scores else None)
+        return preds  # type: ignore[return-value]  # every slot is filled
 
     def explain(self, out: PlugOutput, b: int, profile: list[HistoryItem], top: int = 3) -> list[dict[str, Any]]:
         """The history items with the largest aggregator weights for example ``b``."""

@@ -35,6 +35,17 @@ def check_tenant_name(name: str) -> str:
     return name
 
 
+def encode_vec(v: np.ndarray) -> bytes:
+    """An item embedding as stored: float16 bytes (half of float32; scores move by ~1e-4)."""
+    return np.asarray(v, dtype=np.float16).tobytes()
+
+
+def decode_vec(blob: bytes, dim: int) -> np.ndarray:
+    """A stored embedding as float32 [dim]; float32 blobs of older stores are read too (told by size)."""
+    dtype = np.float16 if len(blob) == 2 * dim else np.float32
+    return np.frombuffer(blob, dtype=dtype).astype(np.float32)
+
+
 class NotFound(LookupError):
     """An unknown user or item (of this tenant): ``kind`` and ``id`` name it."""
 
@@ -152,7 +163,7 @@ class Store:
             s.add_all(rows)
             s.flush()
             s.add_all([ItemEmbedding(item_pk=row.id, space=space, dim=int(v.shape[0]),
-                                     vec=np.asarray(v, dtype=np.float32).tobytes())
+                                     vec=encode_vec(v))
                        for row, it in zip(rows, items, strict=True) for space, v in it.vectors.items()])
             return size
 
@@ -211,12 +222,13 @@ class Store:
             u = self._user(s, tenant, user)
             if u is None:
                 raise NotFound("user", user)
-            q = (select(Item, ItemEmbedding.vec).join(ItemEmbedding, (ItemEmbedding.item_pk == Item.id)
-                                                      & (ItemEmbedding.space == space) & (ItemEmbedding.dim > 0))
+            q = (select(Item, ItemEmbedding.vec, ItemEmbedding.dim)
+                 .join(ItemEmbedding, (ItemEmbedding.item_pk == Item.id)
+                       & (ItemEmbedding.space == space) & (ItemEmbedding.dim > 0))
                  .where(Item.user_id == u.id).order_by(Item.id.desc()))
             rows = list(s.execute(q.limit(last) if last else q))[::-1]
         items = [HistoryItem(r.Item.item_id, dict(r.Item.fields), r.Item.date) for r in rows]
-        vecs = [np.frombuffer(r.vec, dtype=np.float32) for r in rows]
+        vecs = [decode_vec(r.vec, r.dim) for r in rows]
         return items, (np.stack(vecs) if vecs else np.zeros((0, 0), dtype=np.float32))
 
     # ---- backfill (a task added after items were written) ---------------------------------------
@@ -234,4 +246,4 @@ class Store:
                 if s.get(Item, pk) is None:  # deleted meanwhile
                     continue
                 v = np.zeros(0, dtype=np.float32) if v is None else np.asarray(v, dtype=np.float32)
-                s.merge(ItemEmbedding(item_pk=pk, space=space, dim=int(v.shape[0]), vec=v.tobytes()))
+                s.merge(ItemEmbedding(item_pk=pk, space=space, dim=int(v.shape[0]), vec=encode_vec(v)))
