@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pplug.cli import main
+from cli_helpers import run
 
 HAS_SYNTH = importlib.util.find_spec("pplug.synth") is not None
 PAPER = "Generate a title for the following abstract of a paper: "
 NEWS_LABELS = ("politics, entertainment, world news, u.s. news, comedy, black voices, media, queer voices, crime, "
                "sports, women, weird news, style & beauty, home & living, wellness")
 
-
-def run(argv: list[str]) -> int:
-    """``main(argv)``'s exit code: 0 when it returns, else the SystemExit code."""
-    try:
-        main(argv)
-    except SystemExit as e:
-        return 0 if e.code is None else e.code
-    return 0
 
 
 def dump(path: Path, obj) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import run
 from pplug import tasks as tasks_mod
-from pplug.cli import main
 from pplug.errors import PPlugError
 from pplug.task_resolve import resolve, resolve_without_file, same_task
 from pplug.tasks import Task, get_task, has_task
@@ -28,13 +28,6 @@ def scratch_registry(monkeypatch, tmp_path):
     monkeypatch.setattr(tasks_mod, "_DEFINED", set(tasks_mod._DEFINED))
     monkeypatch.setenv("PPLUG_CACHE", str(tmp_path / "cache"))
 
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return 0 if e.code is None else e.code
-    return 0
 
 
 def cli_json(argv: list[str], capsys) -> dict:

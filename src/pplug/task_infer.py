@@ -132,7 +132,7 @@ def infer_values(data: FolderData, given: dict[str, Any]) -> tuple[dict[str, Any
     markers = Counter(m for m, _ in filter(None, lists))
     marker = markers.most_common(1)[0][0] if markers else None
     if "kind" not in v and v.get("labels"):  # given labels: a label task; numbers make a rating scale
-        v["kind"] = "rating" if all(_is_number(str(x)) for x in v["labels"]) else "classification"
+        v["kind"] = "rating" if all(is_number(str(x)) for x in v["labels"]) else "classification"
         why.append(f"kind: {v['kind']}: the task file gives labels" + (", all numbers" if v["kind"] == "rating"
                                                                         else ""))
     if "kind" not in v:
@@ -207,7 +207,7 @@ def _infer_output_field(data: FolderData, kind: str, labels: list[str] | None, w
         best = max(fields, key=lambda f: sum(x in allowed for x in values(f)) / max(1, len(values(f))))
         why.append(f"output_field: '{best}': its values are labels most often")
     elif kind == "rating":
-        best = max(fields, key=lambda f: sum(_is_number(x) for x in values(f)) / max(1, len(values(f))))
+        best = max(fields, key=lambda f: sum(is_number(x) for x in values(f)) / max(1, len(values(f))))
         why.append(f"output_field: '{best}': its values are numbers most often")
     else:
         target = _words([g for _, _, _, g in data.golds])
@@ -217,7 +217,8 @@ def _infer_output_field(data: FolderData, kind: str, labels: list[str] | None, w
     return best
 
 
-def _is_number(x: str) -> bool:
+def is_number(x: str) -> bool:
+    """Whether ``x`` parses as a float (a rating value)."""
     try:
         float(x)
     except ValueError:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pplug.errors import DataError, PPlugError
 from pplug.task_file import TASK_FILE, TEMPLATES, TaskFileError, read_task_file, task_from_values, template_fields
-from pplug.task_infer import FolderData, infer_values
+from pplug.task_infer import FolderData, infer_values, is_number
 from pplug.tasks import Task, define_task, get_task, has_task, is_defined_by_data, same_definition, task_names
 
 log = logging.getLogger("pplug")
@@ -214,19 +214,11 @@ def check_against_data(path: Path, values: dict, data: FolderData, given: dict |
                                         f"(they have: {', '.join(fields)})")
     kind, labels = values["kind"], values.get("labels")
     for sp, i, _, gold in data.golds:
-        if kind == "rating" and not _is_float(gold):
+        if kind == "rating" and not is_number(gold):
             key = "kind" if given is None or "kind" in given else "labels"  # the key that made it a rating task
             raise TaskFileError(path, key, f"rating, but gold '{gold}' ({data.where(sp, i)}) is not a number")
         if kind == "classification" and gold not in [str(x).strip() for x in labels]:
             raise TaskFileError(path, "labels", f"gold '{gold}' ({data.where(sp, i)}) is not in the list")
-
-
-def _is_float(x: str) -> bool:
-    try:
-        float(x)
-    except ValueError:
-        return False
-    return True
 
 
 def task_from_arg(value: str) -> Task:
