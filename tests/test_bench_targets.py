@@ -79,3 +79,11 @@ def test_report_summary_marks_kinds_and_interleaved_latency(tmp_path):
     assert "| pplug | 0.700 |" in table and "1.50*" in table and "| zero-shot | 0.000 |" in table
     assert "(diagnostic)" in table and "(no LLM)" in table and "FAILED (logs/oppu.log)" in table
     assert plot(tmp_path / "r.png", get_task("synth_topic"), rows) and (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_swap_diagnostic_reuses_the_run_with_its_own_settings():
+    from pplug.bench.report import plain_spec_dir, spec_dir
+
+    assert plain_spec_dir("pplug:swap_history") == spec_dir("pplug")
+    assert plain_spec_dir("pplug:swap_history@plug.placement=after_text") == spec_dir("pplug@plug.placement=after_text")
+    assert plain_spec_dir("pplug-rag:swap_history") == spec_dir("pplug-rag")

@@ -24,8 +24,9 @@ def spec_dir(spec: str) -> str:
 
 
 def plain_spec_dir(spec: str) -> str:
-    """The folder of the plain run a diagnostic row reuses: ``pplug:swap_history`` -> ``pplug``."""
-    return spec_dir(spec.split(":")[0].split("@")[0])
+    """The folder of the plain run a diagnostic row reuses: ``pplug:swap_history`` -> ``pplug``,
+    ``pplug:swap_history@plug.top_k=2`` -> the folder of ``pplug@plug.top_k=2`` (same settings, own history)."""
+    return spec_dir(spec.replace(":swap_history", ""))
 
 
 def row_kind(method: str) -> str:
