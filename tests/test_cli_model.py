@@ -96,11 +96,11 @@ def test_run_folder_lifecycle_and_eval_options(synth, tiny_llama_dir, tiny_bert_
     res = call(["eval", "--run", str(run), "--data", str(data), "--limit", "3", "--set", "decode.batch_size=1"], capsys)
     assert "pplug predict" in res.err and ("q/s" in res.err or "s/q" in res.err)  # a bar with rate and ETA
     res = call(["eval", "--run", str(run), "--data", str(data), "--limit", "2", "--no-swap-history",
-                "--set", "decode.classify=rank", "--set", "decode.batch_size=1", "--quiet"], capsys)
+                "--set", "decode.classify=generate", "--set", "decode.batch_size=1", "--quiet"], capsys)
     report = json.loads(res.out)
     assert "pplug predict" not in res.err
-    assert report["overrides"] == ["decode.classify=rank", "decode.batch_size=1"] and report["questions"] == 2
-    assert json.loads((run / "config.json").read_text())["decode"]["classify"] == "generate"  # not persisted
+    assert report["overrides"] == ["decode.classify=generate", "decode.batch_size=1"] and report["questions"] == 2
+    assert json.loads((run / "config.json").read_text())["decode"]["classify"] == "rank"  # not persisted
     err = call(["eval", "--run", str(run), "--data", str(data), "--set", "train.epochs=3"], capsys, code=2).err
     assert "after training" in err
 

@@ -34,7 +34,8 @@ def tiny_config(data, backbone_dir, encoder_dir, **plug) -> RunConfig:
 
 
 def test_frozen_backbone_and_encoder_get_no_gradients(synth, tiny_backbone_dir, tiny_bert_dir):
-    cfg = tiny_config(synth["synth_topic"], tiny_backbone_dir, tiny_bert_dir, n_persona_tokens=2)
+    cfg = tiny_config(synth["synth_topic"], tiny_backbone_dir, tiny_bert_dir, n_persona_tokens=2,
+                      train_input_encoder=True)
     cfg.task = "synth_topic"
     method = PPlugMethod(cfg, Resources(None))
     train = load_split(cfg.data, "train")
@@ -118,7 +119,7 @@ def test_rank_decoding_always_returns_a_label(synth, tiny_backbone_dir, tiny_ber
 
 
 def test_user_without_history_masks_the_persona(synth, tiny_llama_dir, tiny_bert_dir):
-    cfg = tiny_config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir)
+    cfg = tiny_config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir, n_persona_tokens=1)
     cfg.task = "synth_topic"
     method = PPlugMethod(cfg, Resources(None))
     q = load_split(cfg.data, "test").questions[0]

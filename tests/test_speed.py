@@ -171,7 +171,8 @@ def test_step_bench_runs_variants_interleaved(synth, tiny_llama_dir, tiny_bert_d
     cfg = StepBenchConfig(data=str(synth["synth_topic"]), steps=2, warmup=1, batch_size=2, questions=3, rounds=1,
                           onboard_users=2, repeat=2,
                           base=[f"backbone.name_or_path={tiny_llama_dir}", f"encoder.name_or_path={tiny_bert_dir}",
-                                "decode.classify=rank"],
+                                "decode.classify=rank", "plug.placement=before_text", "plug.train_input_encoder=true",
+                                "train.bucket=0"],
                           variants=["today=bench.packed_options=false,decode.bucket=false",
                                     "fast=plug.placement=after_text,plug.train_input_encoder=false,train.bucket=2"])
     result = run_step_bench(cfg, Resources(None), log=lambda _: None)

@@ -13,7 +13,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from pplug.backbones import BackboneConfig
 from pplug.encoders import EncoderConfig
 from pplug.errors import PPlugError
-from pplug.plug import ABLATIONS, PlugConfig
+from pplug.plug import ABLATIONS, PLACEMENTS, PlugConfig
 from pplug.retrieval import RETRIEVERS
 from pplug.training import TrainConfig
 
@@ -28,8 +28,9 @@ class DecodeConfig:
     num_beams: int = 1  # 1 = greedy; the paper uses beam 4 (about 4x slower on CPU)
     batch_size: int = 8  # questions per generate call
     swap_history: bool = False  # diagnostic: give each question another user's history at prediction
-    classify: str = "generate"  # classification/rating: "generate" then parse, or "rank" the labels by likelihood
-    label_prior: float | str = 0.0  # rank decoding: weight of the user's label prior (0 = LLM alone; "auto" = dev)
+    classify: str = "rank"  # classification/rating: "rank" the labels by likelihood, or "generate" then parse
+    label_prior: float | str | None = None  # rank decoding: weight of the user's label prior (0 = LLM alone;
+    # "auto" = chosen on dev after training; None = per task kind and method, pplug/kind_defaults.py)
     prior_smoothing: float = 1.0  # Dirichlet smoothing of the user's label counts in the prior
     bucket: bool = True  # batch questions of similar prompt length (less padding); predictions keep input order
 
@@ -128,7 +129,7 @@ def between(low: float, high: float) -> Check:
 
 
 def prior_weight(v: Any) -> str | None:
-    if v == "auto" or (not isinstance(v, str) and v >= 0):
+    if v is None or v == "auto" or (not isinstance(v, str) and v >= 0):
         return None
     return f"{v!r} must be a number >= 0 or 'auto'"
 
@@ -143,7 +144,8 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule; every field 
                  "dtype": one_of(*DTYPES)},
     "encoder": {"name_or_path": non_empty, "max_length": at_least(1), "batch_size": at_least(1),
                 "pooling": one_of(None, "mean", "cls")},
-    "plug": {"n_persona_tokens": at_least(1), "ablation": one_of(*ABLATIONS), "top_k": at_least(1),
+    "plug": {"n_persona_tokens": at_least(1), "ablation": one_of(*ABLATIONS), "placement": one_of(None, *PLACEMENTS),
+             "top_k": at_least(1),
              "temperature": above(0), "gain_init": above(0), "max_history": at_least(0)},
     "train": {"epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup": between(0, 1),
               "batch_size": at_least(1), "grad_accum": at_least(1), "clip": at_least(0), "max_steps": at_least(1),

@@ -109,6 +109,10 @@ def resolve_auto(config: Any, task: Task, dev: Split | None, predict: Callable[[
         return {"label_prior": 0.0, "reason": "no dev split with golds to choose the label prior on"}
     dev = dev.limit(config.train.dev_limit)
     profile_of = profile_of or (lambda q: q.profile)
-    report = tune_on_dev(predict, task, dev, [profile_of(q) for q in dev.questions], decode.prior_smoothing)
+    swap, decode.swap_history = decode.swap_history, False  # chosen on the users' own histories (swap is a
+    try:  # prediction-time diagnostic of a trained run, never part of its training or tuning)
+        report = tune_on_dev(predict, task, dev, [profile_of(q) for q in dev.questions], decode.prior_smoothing)
+    finally:
+        decode.swap_history = swap
     decode.label_prior = report["label_prior"]
     return report

@@ -26,7 +26,7 @@ PLACEMENTS = ("before_text", "after_text")
 
 @dataclass
 class PlugConfig:
-    n_persona_tokens: int = 1  # k: persona soft tokens per user (paper: 1; 4 were needed on a 135M backbone)
+    n_persona_tokens: int = 4  # k: persona soft tokens per user (paper: 1; 4 were needed on a 135M backbone)
     ablation: str = "none"  # none | no_instruction | mean_pool | no_persona | top_k
     top_k: int = 4  # items kept by the top_k ablation (highest q . e_i)
     temperature: float = 0.05  # initial softmax temperature on q . e_i (cosines are nearly flat under softmax)
@@ -34,15 +34,17 @@ class PlugConfig:
     normalize_soft: bool = True  # rescale each soft token to the backbone's mean token-embedding norm
     learn_gain: bool = True  # a learnable scalar gain on that norm (per soft-token slot)
     gain_init: float = 1.0  # initial gain: soft-token norm = gain * mean token norm (the learned gain barely moves)
-    train_input_encoder: bool = True  # fine-tune the input encoder (paper) or keep it frozen
+    train_input_encoder: bool | None = None  # fine-tune the input encoder (paper) or keep it frozen; None = per
+    # task kind (pplug/kind_defaults.py: frozen for label tasks, trained for generation)
     max_history: int = 64  # items entering the aggregator: the most recent by date (file order if undated); 0 = all
-    placement: str = "before_text"  # soft tokens before_text ([I; P_u; x], paper) or after_text ([x; I; P_u]:
-    # decoder-only backbones then reuse the text's KV cache, computed once without grad; see docs/speed.md)
+    placement: str | None = None  # soft tokens before_text ([I; P_u; x], paper) or after_text ([x; I; P_u]:
+    # decoder-only backbones then reuse the text's KV cache, computed once without grad; see docs/speed.md);
+    # None = per task kind (pplug/kind_defaults.py: after_text for label tasks, before_text for generation)
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got '{self.ablation}'")
-        if self.placement not in PLACEMENTS:
+        if self.placement is not None and self.placement not in PLACEMENTS:
             raise ValueError(f"plug.placement must be one of {PLACEMENTS}, got '{self.placement}'")
         if self.n_persona_tokens < 1:
             raise ValueError("n_persona_tokens must be >= 1")

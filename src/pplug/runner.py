@@ -18,6 +18,7 @@ from typing import Any
 from pplug.config import RunConfig, apply_override, validate
 from pplug.data import Split, available_splits, load_split, resolve_task, write_predictions
 from pplug.errors import PPlugError
+from pplug.kind_defaults import resolve_per_kind
 from pplug.methods import Prediction, build_method
 from pplug.resources import Resources
 from pplug.runfiles import missing_weights, normalize_modes
@@ -47,6 +48,7 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     if not resume and (run_dir / "checkpoint").is_dir():
         shutil.rmtree(run_dir / "checkpoint")
     config.task = resolve_task(config.data, config.task or None)
+    filled = resolve_per_kind(config)  # saved below: config.json always holds concrete values
     train = load_split(config.data, "train", config.task)
     if train.golds is None:
         raise PPlugError(f"{config.data}: the train split has no gold outputs (train_outputs.json) to train on")
@@ -59,7 +61,7 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     load_s = time.perf_counter() - t0
     report = method.fit(train, dev, run_dir)
     config.save(run_dir / "config.json")  # fit may resolve settings chosen on dev (decode.label_prior="auto")
-    report.update(method=config.method, task=config.task, load_seconds=round(load_s, 2),
+    report.update(method=config.method, task=config.task, per_kind_defaults=filled, load_seconds=round(load_s, 2),
                   total_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=round(peak_rss_mb(), 1))
     (run_dir / "train_report.json").write_text(json.dumps(report, indent=1))
     if not keep_checkpoint and (run_dir / "checkpoint").is_dir():

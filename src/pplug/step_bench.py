@@ -24,6 +24,7 @@ import torch
 from pplug.config import config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
+from pplug.kind_defaults import resolve_per_kind
 from pplug.training import bucketed
 
 
@@ -115,6 +116,7 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
         sets = [s for s in sets if not s.startswith("bench.")]
         run = config_from_spec("pplug", cfg.data, [*cfg.base, *sets])
         run.task = task
+        resolve_per_kind(run)
         run.train.progress = False
         methods[name] = PPlugMethod(run, resources)
         methods[name].prime(pool + list(evals))
@@ -124,7 +126,7 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
     batches = {}
     for n, m in methods.items():
         order = list(range(len(examples)))
-        if m.config.train.bucket > 0:
+        if (m.config.train.bucket or 0) > 0:
             lengths = [len(e.question.input) for e in examples]
             groups = bucketed(order, lengths, cfg.batch_size, m.config.train.bucket, cfg.seed)
         else:

@@ -38,7 +38,8 @@ class TrainConfig:
     seed: int = 0  # seeds shuffling, augmentation and initialization
     augment_copies: int = 10  # history augmentation: extra copies per example with > 2 items (0 = off)
     augment_max_drop: float = 0.5  # each copy drops a random 1..max_drop share of the items
-    bucket: int = 0  # length bucketing: sort each window of bucket x batch_size shuffled examples by length (0 = off)
+    bucket: int | None = None  # length bucketing: sort each window of bucket x batch_size shuffled examples by
+    # length (0 = off; None = per task kind, pplug/kind_defaults.py: 4 for label tasks, off for generation)
     kv_memo_mb: int = 1024  # plug.placement=after_text: keep each question's frozen KV while training (MB cap; 0 = off)
     class_balanced: bool = False  # classification: weight each example by inverse frequency of its label
     progress: bool = True  # show a progress bar with loss and ETA
@@ -134,7 +135,7 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
             train_mode(True)
         losses: list[float] = []
         micro = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        if config.bucket > 0 and length is not None:
+        if (config.bucket or 0) > 0 and length is not None:
             micro = bucketed(order, [length(e) for e in examples], config.batch_size, config.bucket,
                              config.seed * 1000 + epoch)
         for i in range(0, len(micro), config.grad_accum):

@@ -22,6 +22,7 @@ from pplug.bench.report import plain_spec_dir
 from pplug.config import RunConfig, config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
+from pplug.kind_defaults import resolve_per_kind
 from pplug.resources import Resources
 from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
 
@@ -49,7 +50,8 @@ SHARED_TASK_STAGE = {"oppu": "task-lora", "oppu-rag": "task-lora-rag"}
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a saved run config that decide the task stage (not the method name or per-user settings)."""
     keep = {k: v for k, v in config.items() if k != "method"}
-    keep["decode"] = {k: v for k, v in config.get("decode", {}).items() if k != "swap_history"}
+    keep["decode"] = {k: v for k, v in config.get("decode", {}).items()  # prior: chosen after the task stage
+                      if k not in ("swap_history", "label_prior")}
     keep["train"] = {k: v for k, v in config.get("train", {}).items() if k != "progress"}
     keep["lora"] = {k: v for k, v in config.get("lora", {}).items() if not k.startswith("user")}
     return keep
@@ -95,6 +97,7 @@ def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str,
         report["train_seconds"] = 0.0
     else:
         cfg.task = cfg.task or resolve_task(data)
+        resolve_per_kind(cfg)  # before comparing with a saved task-lora config (which holds concrete values)
         shared = share_task_stage(cfg, run_dir)
         report = train_run(cfg, run_dir, resources, resume=True, keep_checkpoint=True)  # resume + OPPU sharing
         if shared:

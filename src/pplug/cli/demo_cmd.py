@@ -37,12 +37,7 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the synthetic data a
     cfg.backbone.name_or_path, cfg.encoder.name_or_path = backbone, encoder
     cfg.train.epochs, cfg.plug.n_persona_tokens = epochs, persona_tokens
     cfg.train.augment_copies = 2  # keeps the demo within minutes on 2 cores; the reference uses 10
-    t = get_task(task)
-    if t.kind != "generation":  # measured on synth_topic test (README Benchmark, "The demo"): rank decoding with
-        # the user's label prior chosen on dev; the fast placement (text KV reused) is within noise on
-        # classification dev and trains ~4x faster
-        cfg.decode.classify, cfg.decode.label_prior = "rank", "auto"
-        cfg.plug.placement, cfg.plug.train_input_encoder, cfg.train.bucket = "after_text", False, 4
+    t = get_task(task)  # the rest are the per-kind defaults (pplug/kind_defaults.py, README "Defaults")
     resources = Resources()
     run = out / f"pplug-{task}"
     report = train_run(cfg, run, resources)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pplug.cli.options import QuietOpt, apply_quiet, default_of
+from pplug.kind_defaults import per_kind_help
 
 Opt = typer.Option
 
@@ -96,7 +97,7 @@ def train(
                                                show_default=_d("train", "class_balanced"))] = None,
     train_input_encoder: Annotated[bool | None, Opt("--train-input-encoder/--frozen-input-encoder", metavar="",
                                                     help="PPlug: fine-tune the input encoder or freeze it.",
-                                                    show_default=_d("plug", "train_input_encoder"))] = None,
+                                                    show_default=per_kind_help("plug.train_input_encoder"))] = None,
     k: Annotated[int | None, Opt(min=0, help="Retrieval: items in the prompt.", show_default=_d("retrieval", "k"))]
     = None,
     retriever: Annotated[str | None, Opt(help="Retrieval: bm25 | dense | recency.",

@@ -19,5 +19,9 @@ __all__ = ["Method", "Prediction", "build_method", "method_names", "register_met
 
 
 def build_method(config, resources=None) -> Method:
-    """Instantiate the method named by ``config.method`` on shared resources."""
+    """Instantiate the method named by ``config.method`` on shared resources (per-kind defaults filled first)."""
+    from pplug.kind_defaults import resolve_per_kind
+
+    if config.task:
+        resolve_per_kind(config)
     return method_builder(config.method)(config, resources)

@@ -19,6 +19,7 @@ from pplug.backbones import PromptParts
 from pplug.config import RunConfig
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.encoders import load_encoder
+from pplug.kind_defaults import resolve_per_kind
 from pplug.label_prior import resolve_auto
 from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import decode_outputs
@@ -70,6 +71,7 @@ class PPlugMethod:
     def __init__(self, config: RunConfig, resources: Resources | None = None):
         self.config, self.name = config, config.method
         self.task = get_task(config.task)
+        resolve_per_kind(config, self.task.kind)  # plug/train/decode fields left to the task kind
         resources = resources or Resources()
         self.backbone = resources.backbone(config.backbone)
         self.history_encoder = resources.encoder(config.encoder)  # frozen + cached
