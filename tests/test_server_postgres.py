@@ -79,7 +79,7 @@ def test_replicas_backfilling_the_same_items_store_each_embedding_once(fresh_url
         s.close()
 
 
-def test_float16_vectors_are_bytea_on_postgresql(postgres):
+def test_postgresql_stores_float16_vectors_as_bytea_and_64_bit_item_ids(postgres):
     store = Store(postgres.create_database("vectors"))
     tenant = store.add_key("t", "0" * 64)
     vec = np.random.default_rng(0).standard_normal(384).astype(np.float32)
@@ -87,6 +87,9 @@ def test_float16_vectors_are_bytea_on_postgresql(postgres):
     with store.engine.connect() as c:
         kind, size, blob = c.execute(text("SELECT pg_typeof(vec)::text, octet_length(vec), vec "
                                           "FROM item_embeddings")).one()
+        ids = c.execute(text("SELECT data_type FROM information_schema.columns WHERE column_name IN ('id', 'item_pk') "
+                             "AND table_name IN ('history_items', 'item_embeddings')")).scalars()
+        assert list(ids) == ["bigint", "bigint"]
     assert (kind, size) == ("bytea", 2 * 384)
     np.testing.assert_allclose(decode_vec(blob, 384), vec, atol=2e-3)
     store.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Integer,
@@ -35,6 +36,11 @@ def _now() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+# 64-bit item ids on PostgreSQL (its INTEGER is 32-bit); on SQLite INTEGER PRIMARY KEY is the 64-bit rowid already
+# (a BIGINT column there would not auto-increment)
+ItemPk = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Tenant(Base):
@@ -64,7 +70,7 @@ class User(Base):
 class Item(Base):
     __tablename__ = "history_items"
     __table_args__ = (UniqueConstraint("user_id", "item_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # insertion order = history order
+    id: Mapped[int] = mapped_column(ItemPk, primary_key=True)  # insertion order = history order
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     item_id: Mapped[str] = mapped_column(String(256))
     fields: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -74,7 +80,7 @@ class Item(Base):
 
 class ItemEmbedding(Base):
     __tablename__ = "item_embeddings"
-    item_pk: Mapped[int] = mapped_column(ForeignKey("history_items.id", ondelete="CASCADE"), primary_key=True)
+    item_pk: Mapped[int] = mapped_column(ItemPk, ForeignKey("history_items.id", ondelete="CASCADE"), primary_key=True)
     space: Mapped[str] = mapped_column(String(128), primary_key=True)  # task + encoder id (see runtime.py)
     dim: Mapped[int] = mapped_column(Integer)
     vec: Mapped[bytes] = mapped_column(LargeBinary)  # float16 [dim] (float32 in older stores); bytea on PostgreSQL
