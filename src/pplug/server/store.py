@@ -169,8 +169,9 @@ class Store:
         """
         with self.write_session() as s:
             u = self._upsert_user(s, tenant, user)
+            # items locked before their embeddings, in id order: the order put_embeddings locks in (no deadlock)
             old = list(s.scalars(select(Item.id).where(Item.user_id == u.id, Item.item_id.in_([it.id for it in items]))
-                                 .with_for_update()))  # items before embeddings: the order put_embeddings locks in
+                                 .order_by(Item.id).with_for_update()))
             if old:
                 s.execute(delete(ItemEmbedding).where(ItemEmbedding.item_pk.in_(old)))
                 s.execute(delete(Item).where(Item.id.in_(old)))
@@ -221,7 +222,8 @@ class Store:
             if u is None:
                 raise NotFound("user", user)
             q = select(Item.id).where(Item.user_id == u.id)
-            pks = list(s.scalars((q if item_id is None else q.where(Item.item_id == item_id)).with_for_update()))
+            q = q if item_id is None else q.where(Item.item_id == item_id)
+            pks = list(s.scalars(q.order_by(Item.id).with_for_update()))
             if item_id is not None and not pks:
                 raise NotFound("item", item_id)
             s.execute(delete(ItemEmbedding).where(ItemEmbedding.item_pk.in_(pks)))
@@ -263,7 +265,8 @@ class Store:
         start together); ``None`` marks an item that does not fit the space (empty vector, skipped later). Items
         deleted meanwhile are skipped; the rest are locked (``FOR KEY SHARE``) until the write commits."""
         with self.write_session() as s:
-            alive = set(s.scalars(select(Item.id).where(Item.id.in_(pks)).with_for_update(key_share=True)))
+            alive = set(s.scalars(select(Item.id).where(Item.id.in_(pks)).order_by(Item.id)
+                                  .with_for_update(key_share=True)))
             rows = []
             for pk, v in zip(pks, vecs, strict=True):
                 v = np.zeros(0, dtype=np.float32) if v is None else np.asarray(v, dtype=np.float32)
