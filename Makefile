@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pplug-installed
 DEMO := runs/demo
 
-.PHONY: setup browser-deps demo test lint clean
+.PHONY: setup browser-deps postgres-deps demo test lint clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,14 @@ browser-deps:
 	else (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver) \
 	  || echo "browser-deps: WARNING: could not install chromium + chromium-driver; the playground browser test will skip" >&2; fi
 
-test: setup browser-deps
+# Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres) for the replica tests, which start a throwaway
+# cluster (tests/pg_cluster.py; needs root to install; skipped when present). Without them those tests skip and say why.
+postgres-deps:
+	@if command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then echo "postgres-deps: PostgreSQL server present"; \
+	else (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql) \
+	  || echo "postgres-deps: WARNING: could not install postgresql; the PostgreSQL replica tests will skip" >&2; fi
+
+test: setup browser-deps postgres-deps
 	$(BIN)/python -m pytest
 
 lint: setup

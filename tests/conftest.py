@@ -112,3 +112,24 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 def tiny_backbone_dir(request, tiny_llama_dir, tiny_t5_dir) -> Path:
     """Both backbone kinds: every model test runs on decoder-only and encoder-decoder."""
     return tiny_llama_dir if request.param == "llama" else tiny_t5_dir
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the whole session (``tests/pg_cluster.py``); ``.create_database(name)``
+    gives a fresh database's URL. Skips, with a warning in the summary, only where the server binaries are missing
+    (``make test`` installs them through ``make postgres-deps``)."""
+    import warnings
+
+    from pg_cluster import find_bindir, start_cluster
+
+    bindir = find_bindir()
+    if bindir is None:
+        reason = ("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: the PostgreSQL replica tests "
+                  "did NOT run. Install them with `make postgres-deps` (Debian: apt-get install postgresql) or "
+                  "set PPLUG_PG_BINDIR")
+        warnings.warn(reason, stacklevel=1)
+        pytest.skip(reason)
+    cluster = start_cluster(bindir)
+    yield cluster
+    cluster.stop()

@@ -22,7 +22,9 @@ A, B = {"Authorization": f"Bearer {KEY_A}"}, {"Authorization": f"Bearer {KEY_B}"
 LIMITS = dict(max_items_per_request=5, max_item_chars=300, max_history_items=8, max_input_chars=200,
               max_new_tokens_limit=16, max_body_bytes=20_000)
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("PPLUG_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://postgres@127.0.0.1/pplug_test (WIPED)
+# a PostgreSQL database to run the endpoint tests on too (WIPED), e.g. postgresql+psycopg://postgres@127.0.0.1/pplug_test;
+# unset: a database on the throwaway cluster of the `postgres` fixture
+PG_URL = os.environ.get("PPLUG_TEST_POSTGRES_URL")
 
 
 def build_runs(root: Path, llama: Path, bert: Path, resources, tasks=("synth_topic", "synth_title")) -> dict:
@@ -70,12 +72,16 @@ def wipe(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(scope="module", params=["sqlite", *(["postgresql"] if PG_URL else [])])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def client(request, tmp_path_factory, runs, resources):
-    """One app for the endpoint tests (each test uses its own user ids); on PostgreSQL too when configured."""
-    db = tmp_path_factory.mktemp("server-db") / "server.sqlite" if request.param == "sqlite" else PG_URL
-    if request.param != "sqlite":
+    """One app for the endpoint tests (each test uses its own user ids), on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        db = tmp_path_factory.mktemp("server-db") / "server.sqlite"
+    elif PG_URL:
+        db = PG_URL
         wipe(db)
+    else:
+        db = request.getfixturevalue("postgres").create_database("endpoints")
     with TestClient(make_app(db, list(runs.values()), resources)) as c:
         yield c
 

@@ -1,8 +1,9 @@
 """Durability of `pplug serve`: SIGKILL the server process during a stream of history writes, restart the server
-on the same SQLite file, and check that every acknowledged item is there (and every write is all-or-nothing).
+on the same database (a SQLite file; a database of the throwaway PostgreSQL cluster), and check that every
+acknowledged item is there (and every write is all-or-nothing).
 
 The killed server is a real `pplug serve` process; the restarted one is built in this process by the same app
-factory (a cold open of the database file the killed process left, without paying a second interpreter start).
+factory (a cold open of the database the killed process left, without paying a second interpreter start).
 """
 
 from __future__ import annotations
@@ -42,14 +43,18 @@ def topic_run(tmp_path_factory, tiny_llama_dir, tiny_bert_dir) -> Path:
     return root / "run"
 
 
-def start_server(run: Path, db_url: str) -> tuple[subprocess.Popen, str]:
-    """`pplug serve` on a free loopback port; its socket listens before the model loads, so requests wait."""
+def spawn_server(run: Path, db_url: str) -> subprocess.Popen:
+    """Start `pplug serve` on a free loopback port without waiting for it (see ``server_url``)."""
     cmd = [sys.executable, "-m", "pplug.cli.serve_cmd", "--run", str(run), "--db", db_url, "--port", "0",
            "--threads", "1", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def server_url(proc: subprocess.Popen) -> str:
+    """The URL a spawned server prints first; its socket listens before the model loads, so requests wait."""
     line = proc.stdout.readline()
     assert line, f"server did not start (exit code {proc.wait(timeout=30)})"
-    return proc, json.loads(line)["url"]
+    return json.loads(line)["url"]
 
 
 class Writer(threading.Thread):
@@ -82,19 +87,22 @@ class Writer(threading.Thread):
                     self.enough.set()
 
 
-def test_acknowledged_writes_survive_sigkill(tmp_path, topic_run):
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_acknowledged_writes_survive_sigkill(request, tmp_path, topic_run, db):
     from fastapi.testclient import TestClient
 
     from pplug.cli.serve_cmd import create_tenant_key
     from pplug.resources import Resources
     from pplug.server import ServerConfig, create_app
 
-    db_url = f"sqlite:///{tmp_path / 'durable.sqlite'}"
+    db_url = (f"sqlite:///{tmp_path / 'durable.sqlite'}" if db == "sqlite"
+              else request.getfixturevalue("postgres").create_database("durable"))
     key = create_tenant_key(db_url, "acme")
     acked: list[list[str]] = []  # list.append is atomic: shared by the writers
     sent: list[list[str]] = []
     enough, stop, t0 = threading.Event(), threading.Event(), [0.0]
-    proc, url = start_server(topic_run, db_url)
+    proc = spawn_server(topic_run, db_url)
+    url = server_url(proc)
     try:
         writers = [Writer(url, key, f"user{w}", acked, sent, enough, stop, t0) for w in range(WRITERS)]
         for w in writers:

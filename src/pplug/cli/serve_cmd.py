@@ -66,8 +66,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(
     run: Annotated[list[Path] | None, Opt(help="Run folder made by `pplug train` (repeat: one per task).")] = None,
-    db: Annotated[str | None, Opt(help="SQLAlchemy URL of the user store (default: SQLite under $PPLUG_CACHE).")]
-    = None,
+    db: Annotated[str | None, Opt(help="SQLAlchemy URL of the user store (default: SQLite under $PPLUG_CACHE); "
+                                       "postgresql+psycopg://USER@HOST/DB to share one among replicas.")] = None,
     host: Annotated[str, Opt(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, Opt(help="Port (0 = a free one; the first stdout line names it).")] = 8000,
     batch_window_ms: Annotated[float, Opt(help="Micro-batching window in ms (0 = no waiting).")] = 10.0,

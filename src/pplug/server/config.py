@@ -17,6 +17,7 @@ def default_db_url() -> str:
 class ServerConfig:
     runs: list[str] = field(default_factory=list)  # run folders (`pplug train`), one per task, keyed by task name
     db_url: str = ""  # SQLAlchemy URL of the user store; "" = default_db_url() (SQLite, WAL); postgresql+psycopg://...
+    # (one PostgreSQL database shared by several `pplug serve` replicas: docs/postgres.md)
     sqlite_synchronous: str = "FULL"  # SQLite: FULL (durable against power loss) or NORMAL (against process kill)
     batch_window_ms: float = 10.0  # micro-batching: wait this long for more generate requests (0 = no waiting)
     max_batch_size: int = 8  # micro-batching: requests per backbone call (1 = batching off)

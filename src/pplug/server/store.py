@@ -1,8 +1,10 @@
 """The user store: tenants, API keys, users, history items and their cached embeddings (SQLAlchemy 2).
 
-SQLite by default (one embedded file in WAL mode); any SQLAlchemy URL works unchanged (PostgreSQL).
-A write is acknowledged only after its transaction committed, and an item's embeddings are written in
-the same transaction as the item, so a request never re-encodes history.
+SQLite by default (one embedded file in WAL mode) or PostgreSQL (``postgresql+psycopg://``), which several
+``pplug serve`` replicas can share (docs/postgres.md). A write is acknowledged only after its transaction committed,
+and an item's embeddings are written in the same transaction as the item, so a request never re-encodes history.
+Rows that two replicas may create at once (tenants, keys, users, embeddings) are written with the dialect's
+``INSERT ... ON CONFLICT``, so a race ends in one row, not in a unique-constraint error.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from pplug.data.records import HistoryItem
-from pplug.server.tables import ApiKey, Base, Item, ItemEmbedding, Tenant, User, make_engine
+from pplug.server.tables import ApiKey, Item, ItemEmbedding, Tenant, User, create_schema, make_engine
 
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -79,19 +81,34 @@ class Store:
 
     def __init__(self, url: str, synchronous: str = "FULL"):
         self.engine = make_engine(url, synchronous)
-        Base.metadata.create_all(self.engine)
+        create_schema(self.engine)
         self._write = threading.Lock()  # one writer at a time in this process (SQLite has one writer anyway)
 
     @contextmanager
     def write_session(self) -> Iterator[Session]:
         """A write transaction, safe across processes sharing the database: on SQLite it starts with
         ``BEGIN IMMEDIATE`` (takes the write lock first, so no read-then-write race with another replica;
-        others wait up to the busy timeout); on PostgreSQL rows are locked and new users inserted with
-        ``ON CONFLICT DO NOTHING``. Commits on success, rolls back on error."""
+        others wait up to the busy timeout); on PostgreSQL (read committed) the rows written are locked
+        (a user's writes queue on her row) and rows that may be created twice are inserted with
+        ``ON CONFLICT``. Commits on success, rolls back on error."""
         with self._write, Session(self.engine) as s, s.begin():
             if self.engine.dialect.name == "sqlite":
                 s.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield s
+
+    def _insert(self, s: Session, table: type, values: list[dict[str, Any]], keys: list[str],
+                update: list[str] | None = None) -> bool:
+        """Insert rows, atomically skipping (or, with ``update``, overwriting those columns of) rows whose ``keys``
+        already exist: ``INSERT ... ON CONFLICT`` on SQLite and PostgreSQL. Returns False on another dialect, where
+        the caller falls back to read-then-write (and the unique constraints still guard the data)."""
+        insert = {"sqlite": sqlite_insert, "postgresql": pg_insert}.get(self.engine.dialect.name)
+        if insert is None:
+            return False
+        q = insert(table).values(values)
+        q = (q.on_conflict_do_update(index_elements=keys, set_={c: q.excluded[c] for c in update}) if update
+             else q.on_conflict_do_nothing(index_elements=keys))
+        s.execute(q)
+        return True
 
     def close(self) -> None:
         self.engine.dispose()
@@ -105,11 +122,14 @@ class Store:
         """Attach a key (by hash) to a tenant, creating the tenant if needed; idempotent. Returns the tenant id."""
         check_tenant_name(tenant)
         with self.write_session() as s:
+            self._insert(s, Tenant, [{"name": tenant, "created_at": datetime.now(UTC)}], ["name"])
             t = s.scalar(select(Tenant).where(Tenant.name == tenant))
-            if t is None:
+            if t is None:  # a dialect without ON CONFLICT
                 t = Tenant(name=tenant)
                 s.add(t)
                 s.flush()
+            self._insert(s, ApiKey, [{"tenant_id": t.id, "key_hash": key_hash, "created_at": datetime.now(UTC)}],
+                         ["key_hash"])
             owner = s.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash))
             if owner is not None and owner != t.id:
                 raise ValueError(f"this key already belongs to another tenant than '{tenant}'")
@@ -127,13 +147,12 @@ class Store:
         return s.scalar(q.with_for_update() if lock else q)
 
     def _upsert_user(self, s: Session, tenant: int, user: str) -> User:
-        """The user row, locked, created if missing; atomic when several processes create her at once."""
-        insert = {"sqlite": sqlite_insert, "postgresql": pg_insert}.get(self.engine.dialect.name)
-        if insert is not None:
-            s.execute(insert(User).values(tenant_id=tenant, external_id=user, created_at=datetime.now(UTC))
-                      .on_conflict_do_nothing(index_elements=["tenant_id", "external_id"]))
+        """The user row, locked, created if missing; atomic when several processes create her at once (on
+        PostgreSQL the second insert waits for the first transaction, then does nothing, and the lock queues it)."""
+        self._insert(s, User, [{"tenant_id": tenant, "external_id": user, "created_at": datetime.now(UTC)}],
+                     ["tenant_id", "external_id"])
         u = self._user(s, tenant, user, lock=True)
-        if u is None:  # another dialect: plain insert (the unique constraint still guards it)
+        if u is None:  # deleted by another transaction after our insert found her, or a dialect without upserts
             u = User(tenant_id=tenant, external_id=user)
             s.add(u)
             s.flush()
@@ -150,8 +169,9 @@ class Store:
         """
         with self.write_session() as s:
             u = self._upsert_user(s, tenant, user)
-            old = list(s.scalars(select(Item.id).where(Item.user_id == u.id,
-                                                       Item.item_id.in_([it.id for it in items]))))
+            # items locked before their embeddings, in id order: the order put_embeddings locks in (no deadlock)
+            old = list(s.scalars(select(Item.id).where(Item.user_id == u.id, Item.item_id.in_([it.id for it in items]))
+                                 .order_by(Item.id).with_for_update()))
             if old:
                 s.execute(delete(ItemEmbedding).where(ItemEmbedding.item_pk.in_(old)))
                 s.execute(delete(Item).where(Item.id.in_(old)))
@@ -202,7 +222,8 @@ class Store:
             if u is None:
                 raise NotFound("user", user)
             q = select(Item.id).where(Item.user_id == u.id)
-            pks = list(s.scalars(q if item_id is None else q.where(Item.item_id == item_id)))
+            q = q if item_id is None else q.where(Item.item_id == item_id)
+            pks = list(s.scalars(q.order_by(Item.id).with_for_update()))
             if item_id is not None and not pks:
                 raise NotFound("item", item_id)
             s.execute(delete(ItemEmbedding).where(ItemEmbedding.item_pk.in_(pks)))
@@ -240,10 +261,17 @@ class Store:
             return [(r.id, HistoryItem(r.item_id, dict(r.fields), r.date)) for r in rows]
 
     def put_embeddings(self, space: str, pks: Sequence[int], vecs: Sequence[np.ndarray | None]) -> None:
-        """Store embeddings; ``None`` marks an item that does not fit the space (empty vector, skipped later)."""
+        """Store embeddings, overwriting any of the same item and space (replicas backfill the same items when they
+        start together); ``None`` marks an item that does not fit the space (empty vector, skipped later). Items
+        deleted meanwhile are skipped; the rest are locked (``FOR KEY SHARE``) until the write commits."""
         with self.write_session() as s:
+            alive = set(s.scalars(select(Item.id).where(Item.id.in_(pks)).order_by(Item.id)
+                                  .with_for_update(key_share=True)))
+            rows = []
             for pk, v in zip(pks, vecs, strict=True):
-                if s.get(Item, pk) is None:  # deleted meanwhile
-                    continue
                 v = np.zeros(0, dtype=np.float32) if v is None else np.asarray(v, dtype=np.float32)
-                s.merge(ItemEmbedding(item_pk=pk, space=space, dim=int(v.shape[0]), vec=encode_vec(v)))
+                if pk in alive:
+                    rows.append({"item_pk": pk, "space": space, "dim": int(v.shape[0]), "vec": encode_vec(v)})
+            if rows and not self._insert(s, ItemEmbedding, rows, ["item_pk", "space"], update=["dim", "vec"]):
+                for r in rows:
+                    s.merge(ItemEmbedding(**r))
