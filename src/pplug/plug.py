@@ -151,7 +151,7 @@ class PersonaPlug(nn.Module):
                 projected = self.proj(hist).view(b, hist.shape[1], k, self.d_lm)  # [b, n, k, d_lm]
                 persona = torch.einsum("bn,bnkd->bkd", weights, projected)  # [b, k, d_lm]
             parts.append(persona)
-            has_items = mask.any(dim=1) if mask.numel() else torch.zeros(b, dtype=torch.bool)
+            has_items = mask.any(dim=1) if mask.numel() else torch.zeros(b, dtype=torch.bool, device=hist.device)
             masks.append(has_items.view(b, 1).expand(b, k))
         soft = self._scale(torch.cat(parts, dim=1))
         return PlugOutput(soft=soft, soft_mask=torch.cat(masks, dim=1), weights=weights)
