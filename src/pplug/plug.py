@@ -38,6 +38,8 @@ class PlugConfig:
     max_history: int = 64  # items entering the aggregator: the most recent by date (file order if undated); 0 = all
     placement: str = "before_text"  # soft tokens before_text ([I; P_u; x], paper) or after_text ([x; I; P_u]:
     # decoder-only backbones then reuse the text's KV cache, computed once without grad; see docs/speed.md)
+    dtype: str = "float32"  # compute dtype (torch.autocast) of the plug and a trained input encoder: float32 |
+    # bfloat16; their weights stay float32 (see pplug.devices, docs/devices.md)
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
