@@ -142,10 +142,15 @@ def load_backbone(config: BackboneConfig, device: torch.device | str = "cpu") ->
     device = torch.device(device)
     dtype = check_dtype(device, config.dtype, "backbone.dtype")
     path = resolve_model_dir(config.name_or_path)
-    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    auto = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        auto = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
+        model = auto.from_pretrained(path, local_files_only=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:  # no weights / no tokenizer / an architecture transformers does not know
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelMissingError(f"cannot load the backbone from {path}: {first}") from e
+    model = model.to(device)  # loaded on CPU, then moved (needs CPU memory for the weights once)
     _deterministic_generation(model, tokenizer)
     kind = Seq2SeqBackbone if hf_config.is_encoder_decoder else CausalBackbone
     return kind(config, model, tokenizer)
