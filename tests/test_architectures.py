@@ -13,6 +13,7 @@ from cli_helpers import run
 from conftest import build_tiny_tokenizer
 from pplug.backbones import BackboneConfig, CausalBackbone, Seq2SeqBackbone, load_backbone
 from pplug.config import RunConfig
+from pplug.data import load_split
 from pplug.errors import ModelMissingError
 from pplug.resources import Resources
 from pplug.runner import load_run, train_run
@@ -68,8 +69,6 @@ def test_pplug_trains_and_predicts_through_each_architecture(synth, backbone_dir
     assert isinstance(method.backbone, expected)
     assert method.backbone.model.config.model_type == kind
     assert method.history_encoder.encoder.config.pooling == pooling == config.encoder.pooling
-    from pplug.data import load_split
-
     test = load_split(config.data, "test", config.task)
     preds = method.predict(test.questions[:2])
     assert len(preds) == 2 and all(isinstance(p.output, str) for p in preds)

@@ -103,6 +103,9 @@ def test_cli_device_cuda_without_cuda_is_one_line_exit_2(synth, tmp_path, capsys
                 "--backbone", str(tiny_llama_dir), "--dtype", "float16", "--device", "cpu", "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: backbone.dtype: float16 is not supported on cpu")
+    code = run(["bench", "--data", str(synth["synth_topic"]), "--out", str(tmp_path / "bench"), "--device", "cuda"])
+    assert code == 2 and "error: device: 'cuda' was asked for" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
 
 
 def _config(data, backbone_dir, encoder_dir, dtype: str) -> RunConfig:
@@ -165,7 +168,7 @@ def test_every_tensor_follows_the_configured_device_and_dtype(synth, tiny_backbo
     assert len(preds) == 2 and all(isinstance(p.output, str) for p in preds)
 
 
-def test_predict_time_device_and_dtype_overrides(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+def test_predict_time_device_and_dtype_overrides(synth, tiny_llama_dir, tiny_bert_dir, tmp_path, capsys):
     cfg = _config(synth["synth_topic"], tiny_llama_dir, tiny_bert_dir, "float32")
     cfg.train.max_steps, cfg.train.progress, cfg.train.augment_copies, cfg.train.select_on_dev = 1, False, 0, False
     train_run(cfg, tmp_path / "run", Resources(None))
@@ -175,6 +178,12 @@ def test_predict_time_device_and_dtype_overrides(synth, tiny_llama_dir, tiny_ber
         runtime_config(tmp_path / "run", overrides=["train.lr=0.1"])
     with pytest.raises(DeviceError, match="float16 is not supported on cpu"):
         runtime_config(tmp_path / "run", overrides=["backbone.dtype=float16"])
+    if NO_CUDA:  # eval and serve refuse a missing GPU in one line, before loading models or binding a port
+        for argv in (["eval", "--run", str(tmp_path / "run"), "--data", cfg.data, "--device", "cuda"],
+                     ["serve", "--run", str(tmp_path / "run"), "--port", "0", "--device", "cuda"]):
+            code = run(argv)
+            captured = capsys.readouterr()
+            assert code == 2 and "error: device: 'cuda' was asked for" in captured.err and "url" not in captured.out
 
 
 # ---- no hard-coded device: every tensor factory in src/pplug names its device, or is CPU by design ----------

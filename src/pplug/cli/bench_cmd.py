@@ -48,6 +48,10 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
                       limit=limit, split=split, train_limit=train_limit, dev_limit=dev_limit, users=users,
                       latency_questions=latency_questions, overrides=[*device_overrides(device, dtype), *(set_ or [])],
                       threads=threads, fresh=fresh)
+    from pplug.config import config_from_spec
+    from pplug.devices import check_run
+
+    check_run(config_from_spec("zero-shot", str(data), cfg.overrides))  # e.g. no CUDA here: one line, exit 2
     result = run_bench(cfg)
     typer.echo((out / "results.md").read_text())
     if result["failed"]:
