@@ -70,8 +70,9 @@ class PPlug:
 
         Args:
             run_dir: the folder holding ``config.json`` and the method's weights.
-            overrides: decoding/retrieval settings for this session, as ``["decode.num_beams=4"]`` or
-                ``{"decode.classify": "rank"}`` (training settings cannot change after training).
+            overrides: decoding/retrieval settings, the device and dtypes for this session, as
+                ``["decode.num_beams=4"]`` or ``{"decode.classify": "rank", "device": "cuda"}`` (training
+                settings cannot change after training).
             resources: share loaded backbones/encoders between several runs (default: a new one).
 
         Raises:

@@ -11,6 +11,7 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from pplug.backbones import BackboneConfig
+from pplug.devices import DTYPES, TRAINABLE_DTYPES, device_problem
 from pplug.encoders import EncoderConfig
 from pplug.errors import PPlugError
 from pplug.plug import ABLATIONS, PLACEMENTS, PlugConfig
@@ -83,6 +84,7 @@ class RunConfig:
     method: str = "pplug"  # a registered method (pplug list-methods)
     task: str = ""  # registered task name (resolved from the data folder)
     data: str = ""  # the training data folder
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps; see pplug.devices
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     plug: PlugConfig = field(default_factory=PlugConfig)
@@ -106,6 +108,28 @@ class RunConfig:
             return validate(from_dict(cls, json.loads(path.read_text())))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def config_file(path: str | Path) -> RunConfig:
+    """A RunConfig from a JSON file (a recipe such as ``recipes/paper-lamp.json``, or a run's ``config.json``):
+    fields left out keep their defaults.
+
+    Raises:
+        ConfigError: the file is missing, is not a JSON object, or has an unknown or invalid field (named).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a JSON object of sections, got {type(data).__name__}")
+    try:
+        return validate(from_dict(RunConfig, data))
+    except (PPlugError, TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 # ---- validation: types from the dataclasses' annotations, values from the rules below ------------------
@@ -138,15 +162,15 @@ def non_empty(v: Any) -> str | None:
     return None if len(v) else "must not be empty"
 
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule; every field is also type-checked
+RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunConfig's own fields); all type-checked
+    "run": {"device": device_problem},
     "backbone": {"name_or_path": non_empty, "max_prompt_tokens": at_least(1), "max_target_tokens": at_least(1),
                  "dtype": one_of(*DTYPES)},
     "encoder": {"name_or_path": non_empty, "max_length": at_least(1), "batch_size": at_least(1),
-                "pooling": one_of(None, "mean", "cls")},
+                "pooling": one_of(None, "mean", "cls"), "dtype": one_of(*DTYPES)},
     "plug": {"n_persona_tokens": at_least(1), "ablation": one_of(*ABLATIONS), "placement": one_of(None, *PLACEMENTS),
-             "top_k": at_least(1),
-             "temperature": above(0), "gain_init": above(0), "max_history": at_least(0)},
+             "top_k": at_least(1), "temperature": above(0), "gain_init": above(0), "max_history": at_least(0),
+             "dtype": one_of(*TRAINABLE_DTYPES)},
     "train": {"epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup": between(0, 1),
               "batch_size": at_least(1), "grad_accum": at_least(1), "clip": at_least(0), "max_steps": at_least(1),
               "limit": at_least(0), "dev_limit": at_least(0), "augment_copies": at_least(0),
@@ -193,8 +217,11 @@ def validate(config: RunConfig) -> RunConfig:
     top = get_type_hints(RunConfig)
     for f in fields(config):
         section = getattr(config, f.name)
-        if not is_dataclass(section):  # method, task, data
-            if problem := type_error(section, top[f.name]):
+        if not is_dataclass(section):  # method, task, data, device
+            problem = type_error(section, top[f.name])
+            if problem is None and f.name in RULES["run"]:
+                problem = RULES["run"][f.name](section)
+            if problem:
                 raise ConfigError(f"{f.name}: {problem}")
             continue
         hints, rules = get_type_hints(type(section)), RULES.get(f.name, {})
@@ -255,15 +282,18 @@ def parse_value(raw: str, hint: Any) -> Any:
     return value
 
 
-def config_from_spec(spec: str, data: str, overrides: list[str] | None = None) -> RunConfig:
+def config_from_spec(spec: str, data: str, overrides: list[str] | None = None,
+                     base: RunConfig | None = None) -> RunConfig:
     """A RunConfig from a method spec ``name[:variant][@section.field=value,...]``.
 
     ``variant`` is a PPlug ablation (``pplug:no_persona``) or ``swap_history``; the ``@`` part sets
     fields for this method only (e.g. ``pplug@plug.n_persona_tokens=4``); ``overrides`` apply first.
+    ``base`` (e.g. a `config_file` recipe) gives the other fields; it is changed in place.
     """
     head, _, sets = spec.partition("@")
     name, _, variant = head.partition(":")
-    cfg = RunConfig(method=name, data=str(data))
+    cfg = base if base is not None else RunConfig()
+    cfg.method, cfg.data = name, str(data)
     if variant in ABLATIONS:
         cfg.plug.ablation = variant
     elif variant == "swap_history":

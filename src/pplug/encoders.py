@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pplug.devices import check_dtype
 from pplug.errors import ModelMissingError, PPlugError
 from pplug.progress import enabled
 
@@ -37,6 +38,8 @@ class EncoderConfig:
         batch_size: texts per forward pass in ``encode``.
         pooling: ``mean`` | ``cls``; ``None`` reads the folder's ``1_Pooling/config.json`` (default mean).
         normalize: L2-normalize the outputs.
+        dtype: weights and compute of the frozen encoder (float32, bfloat16, float16); a trainable input
+            encoder keeps float32 weights and computes in ``plug.dtype`` (see pplug.devices).
     """
 
     name_or_path: str = DEFAULT_ENCODER  # alias or local folder
@@ -44,6 +47,7 @@ class EncoderConfig:
     batch_size: int = 32  # texts per forward pass in encode()
     pooling: str | None = None  # "mean" | "cls"; None = from the ST folder, default mean
     normalize: bool = True  # L2-normalize outputs
+    dtype: str = "float32"  # frozen encoder weights/compute: float32 | bfloat16 | float16 (GPU only)
 
 
 # ---------------------------------------------------------------- alias registry
@@ -267,28 +271,32 @@ class TextEncoder(torch.nn.Module):
         return path
 
 
-def load_encoder(config: EncoderConfig | None = None) -> TextEncoder:
+def load_encoder(config: EncoderConfig | None = None, device: torch.device | str = "cpu") -> TextEncoder:
     """Load an encoder from a registered alias or a local folder (never the network).
 
     Args:
-        config: what to load; default the bundled all-MiniLM-L6-v2.
+        config: what to load (``dtype``: of the weights); default the bundled all-MiniLM-L6-v2.
+        device: where the weights go (a resolved device: see `pplug.devices.resolve_device`).
 
     Returns:
         a trainable ``TextEncoder`` in eval mode (call ``.freeze()`` for the history encoder).
 
     Raises:
         ModelMissingError: the model package or folder is missing or unreadable.
+        DeviceError: the device cannot compute in ``config.dtype`` (e.g. float16 on cpu).
     """
     from transformers import AutoModel, AutoTokenizer
 
     config = config or EncoderConfig()
+    device = torch.device(device)
+    dtype = check_dtype(device, config.dtype, "encoder.dtype")
     if config.pooling is not None and config.pooling not in POOLINGS:
         raise PPlugError(f"encoder pooling must be one of {POOLINGS}, got '{config.pooling}'")
     root, label = resolve_encoder_path(config.name_or_path)
     model_dir, st_pooling, st_max = _st_layout(root)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as e:
         raise ModelMissingError(f"cannot load encoder from {model_dir}: {e}") from e
     if tokenizer.pad_token is None:
@@ -298,4 +306,7 @@ def load_encoder(config: EncoderConfig | None = None) -> TextEncoder:
     resolved = replace(config, pooling=config.pooling or st_pooling or "mean",
                        max_length=min(x for x in limits if x))
     extra = {k: v for k, v in asdict(resolved).items() if k in ("pooling", "max_length", "normalize")}
-    return TextEncoder(model.eval(), tokenizer, resolved, f"{label}@{_fingerprint(model_dir, extra)}")
+    if resolved.dtype != "float32":  # other vectors, another cache key (float32 keys stay as they were)
+        extra["dtype"] = resolved.dtype
+    name = f"{label}@{_fingerprint(model_dir, extra)}"
+    return TextEncoder(model.to(device).eval(), tokenizer, resolved, name)

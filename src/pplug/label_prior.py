@@ -56,7 +56,7 @@ def combine(scores: Tensor, task: Task, profiles: Sequence[Sequence[HistoryItem]
     llm = torch.log_softmax(scores.float(), dim=-1)
     if weight == 0:
         return llm
-    prior = torch.stack([prior_log_probs(task, p, labels, smoothing) for p in profiles])  # [b, L]
+    prior = torch.stack([prior_log_probs(task, p, labels, smoothing) for p in profiles]).to(llm.device)  # [b, L]
     return llm + weight * prior
 
 

@@ -40,6 +40,8 @@ class PlugConfig:
     placement: str | None = None  # soft tokens before_text ([I; P_u; x], paper) or after_text ([x; I; P_u]:
     # decoder-only backbones then reuse the text's KV cache, computed once without grad; see docs/speed.md);
     # None = per task kind (pplug/kind_defaults.py: after_text for label tasks, before_text for generation)
+    dtype: str = "float32"  # compute dtype (torch.autocast) of the plug and a trained input encoder: float32 |
+    # bfloat16; their weights stay float32 (see pplug.devices, docs/devices.md)
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -153,7 +155,7 @@ class PersonaPlug(nn.Module):
                 projected = self.proj(hist).view(b, hist.shape[1], k, self.d_lm)  # [b, n, k, d_lm]
                 persona = torch.einsum("bn,bnkd->bkd", weights, projected)  # [b, k, d_lm]
             parts.append(persona)
-            has_items = mask.any(dim=1) if mask.numel() else torch.zeros(b, dtype=torch.bool)
+            has_items = mask.any(dim=1) if mask.numel() else torch.zeros(b, dtype=torch.bool, device=hist.device)
             masks.append(has_items.view(b, 1).expand(b, k))
         soft = self._scale(torch.cat(parts, dim=1))
         return PlugOutput(soft=soft, soft_mask=torch.cat(masks, dim=1), weights=weights)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pplug.config import RunConfig, apply_override, validate
 from pplug.data import Split, available_splits, load_split, resolve_task, write_predictions
+from pplug.devices import check_run
 from pplug.errors import PPlugError
 from pplug.kind_defaults import resolve_per_kind
 from pplug.methods import Prediction, build_method
@@ -45,6 +46,7 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
         PPlugError: the data has no train split or no gold outputs for it (checked before models load).
     """
     run_dir = Path(run_dir)
+    check_run(config)  # the device exists and supports the dtypes: fail before writing the run folder
     if not resume and (run_dir / "checkpoint").is_dir():
         shutil.rmtree(run_dir / "checkpoint")
     config.task = resolve_task(config.data, config.task or None)
@@ -71,13 +73,15 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
 
 
 RUNTIME_SECTIONS = ("decode", "retrieval")  # settings that may change after training (eval/predict --set)
+RUNTIME_FIELDS = ("device", "backbone.dtype", "encoder.dtype", "plug.dtype")  # and where/how precisely it runs
 
 
 def runtime_config(run_dir: str | Path, swap_history: bool = False, overrides: list[str] | None = None) -> RunConfig:
     """A run's saved config with prediction-time overrides; checks the weights exist (before any model loads).
 
     Raises:
-        PPlugError: no config, no weights, or an override outside ``decode.*`` / ``retrieval.*``.
+        PPlugError: no config, no weights, or an override outside ``decode.*`` / ``retrieval.*`` and
+            `RUNTIME_FIELDS` (device and dtypes: a run trained on a GPU predicts on a laptop with ``device=cpu``).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -90,12 +94,15 @@ def runtime_config(run_dir: str | Path, swap_history: bool = False, overrides: l
         raise PPlugError(f"{missing}: weights not found; this run folder is incomplete (train it with "
                          f"`pplug train --method {config.method} --out {run_dir}`)")
     for o in overrides or []:
-        section = o.split("=", 1)[0].strip().split(".")[0]
-        if section not in RUNTIME_SECTIONS:
-            raise PPlugError(f"--set {o}: only {'/'.join(s + '.*' for s in RUNTIME_SECTIONS)} settings can change "
-                             f"after training; retrain to change '{section}'")
+        name = o.split("=", 1)[0].strip()
+        section = name.split(".")[0]
+        if section not in RUNTIME_SECTIONS and name not in RUNTIME_FIELDS:
+            allowed = "/".join([*(s + ".*" for s in RUNTIME_SECTIONS), *RUNTIME_FIELDS])
+            raise PPlugError(f"--set {o}: only {allowed} settings can change after training; retrain to change "
+                             f"'{section}'")
         apply_override(config, o)
     validate(config)  # a bad override is a one-line ConfigError naming the field
+    check_run(config)  # e.g. a run trained on a GPU, predicted here: "--device cpu"
     config.decode.swap_history = swap_history or config.decode.swap_history
     return config
 

@@ -117,7 +117,7 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(total, 1), config.warmup))
     result, start_epoch = TrainResult(), 0
     if checkpoint is not None and checkpoint.is_file() and load_state is not None:
-        ck = torch.load(checkpoint, weights_only=True)  # tensors and plain values only, never pickled objects
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors/plain values, no pickles
         load_state(ck["trainable"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

@@ -13,7 +13,8 @@ import torch
 from pplug.backbones.base import Backbone, BackboneConfig
 from pplug.backbones.causal import CausalBackbone
 from pplug.backbones.seq2seq import Seq2SeqBackbone
-from pplug.errors import ModelMissingError, PPlugError
+from pplug.devices import check_dtype
+from pplug.errors import ModelMissingError
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,6 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _dtype(name: str) -> torch.dtype:
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise PPlugError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
-    return dtype
-
-
 def _deterministic_generation(model, tokenizer) -> None:
     """Greedy/beam only, explicit pad and EOS ids, no length defaults that would warn or cap output."""
     gc = model.generation_config
@@ -129,26 +123,34 @@ def _deterministic_generation(model, tokenizer) -> None:
     gc.pad_token_id = pad if pad is not None else (eos[0] if eos else None)
 
 
-def load_backbone(config: BackboneConfig) -> Backbone:
+def load_backbone(config: BackboneConfig, device: torch.device | str = "cpu") -> Backbone:
     """Load a frozen backbone; decoder-only vs encoder-decoder is read from the model config.
 
     Args:
         config: which model (bundled name or local folder), length caps and dtype.
+        device: where the weights go (a resolved device: see `pplug.devices.resolve_device`).
 
     Returns:
         a `CausalBackbone` or `Seq2SeqBackbone` (both satisfy `Backbone`).
 
     Raises:
         ModelMissingError: the model is not installed / the folder does not exist.
+        DeviceError: the device cannot compute in ``config.dtype`` (e.g. float16 on cpu).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    dtype = _dtype(config.dtype)
+    device = torch.device(device)
+    dtype = check_dtype(device, config.dtype, "backbone.dtype")
     path = resolve_model_dir(config.name_or_path)
-    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    auto = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(path, local_files_only=True, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        auto = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
+        model = auto.from_pretrained(path, local_files_only=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:  # no weights / no tokenizer / an architecture transformers does not know
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelMissingError(f"cannot load the backbone from {path}: {first}") from e
+    model = model.to(device)  # loaded on CPU, then moved (needs CPU memory for the weights once)
     _deterministic_generation(model, tokenizer)
     kind = Seq2SeqBackbone if hf_config.is_encoder_decoder else CausalBackbone
     return kind(config, model, tokenizer)

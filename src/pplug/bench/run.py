@@ -155,9 +155,11 @@ def heuristic_rows(cfg: BenchConfig, task) -> list[dict[str, Any]]:
     encode = None
     if task.kind == "generation":
         from pplug.config import config_from_spec
+        from pplug.devices import resolve_device
         from pplug.encoders import load_encoder
 
-        enc = load_encoder(config_from_spec("zero-shot", cfg.data, cfg.overrides).encoder).freeze()
+        run_cfg = config_from_spec("zero-shot", cfg.data, cfg.overrides)
+        enc = load_encoder(run_cfg.encoder, resolve_device(run_cfg.device)).freeze()
         encode = lambda texts: enc.encode(texts).numpy()  # noqa: E731
     rows = []
     for name, preds in heuristic_predictions(task, train, test, encode).items():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pplug.cli.options import QuietOpt, apply_quiet
+from pplug.cli.options import DeviceOpt, DtypeOpt, QuietOpt, apply_quiet, device_overrides
 
 Opt = typer.Option
 DEFAULT_METHODS = "zero-shot,rag-bm25,rag-dense,task-lora,oppu,pplug,pplug-rag,pplug:no_persona,pplug:swap_history"
@@ -30,6 +30,8 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           latency_questions: Annotated[int, Opt(help="Questions timed one by one for latency.")] = 16,
           set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None,
           threads: Annotated[int | None, Opt(help="torch threads per method process.")] = None,
+          device: DeviceOpt = None,
+          dtype: DtypeOpt = None,
           fresh: Annotated[bool, Opt("--fresh/--reuse", metavar="",
                                      help="Rerun methods that already have a result in OUT, or reuse them.")] = False,
           quiet: QuietOpt = False,
@@ -44,7 +46,12 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
     apply_quiet(quiet)
     cfg = BenchConfig(data=str(data), methods=[m.strip() for m in methods.split(",") if m.strip()], out=str(out),
                       limit=limit, split=split, train_limit=train_limit, dev_limit=dev_limit, users=users,
-                      latency_questions=latency_questions, overrides=list(set_ or []), threads=threads, fresh=fresh)
+                      latency_questions=latency_questions, overrides=[*device_overrides(device, dtype), *(set_ or [])],
+                      threads=threads, fresh=fresh)
+    from pplug.config import config_from_spec
+    from pplug.devices import check_run
+
+    check_run(config_from_spec("zero-shot", str(data), cfg.overrides))  # e.g. no CUDA here: one line, exit 2
     result = run_bench(cfg)
     typer.echo((out / "results.md").read_text())
     if result["failed"]:

@@ -9,30 +9,39 @@ from typing import Annotated
 
 import typer
 
-from pplug.cli.options import QuietOpt, apply_quiet, default_of
+from pplug.cli.options import DeviceOpt, DtypeOpt, QuietOpt, apply_quiet, default_of, device_overrides
 from pplug.kind_defaults import per_kind_help
 
 Opt = typer.Option
 
 
-def build_config(method: str, data: Path, task: str | None, backbone: str | None, encoder: str | None,
-                 epochs: int | None, lr: float | None, batch_size: int | None, max_steps: int | None,
-                 train_limit: int | None, dev_limit: int | None, seed: int | None, persona_tokens: int | None,
-                 augment_copies: int | None, class_balanced: bool | None, train_input_encoder: bool | None,
-                 k: int | None, retriever: str | None, users: int | None, overrides: list[str] | None):
+def build_config(method: str | None, data: Path | None, task: str | None, backbone: str | None,
+                 encoder: str | None, epochs: int | None, lr: float | None, batch_size: int | None,
+                 max_steps: int | None, train_limit: int | None, dev_limit: int | None, seed: int | None,
+                 persona_tokens: int | None, augment_copies: int | None, class_balanced: bool | None,
+                 train_input_encoder: bool | None, k: int | None, retriever: str | None, users: int | None,
+                 overrides: list[str] | None, config_path: Path | None = None, device: str | None = None,
+                 dtype: str | None = None):
     """A RunConfig from CLI flags (``method`` is a spec: ``pplug:no_persona``, ``pplug@plug.top_k=2``).
 
+    Precedence: defaults < ``config_path`` (a JSON recipe) < flags < ``--device``/``--dtype`` < ``--set``.
     ``--epochs``/``--lr`` set ``train.*`` for PPlug and ``lora.task_*`` for the LoRA methods.
 
     Raises:
         PPlugError: an unknown method/field or a value the config refuses (one line, exit 2).
     """
-    from pplug.config import LORA_METHODS, apply_override, config_from_spec, validate
+    from pplug.cli.options import device_overrides
+    from pplug.config import LORA_METHODS, apply_override, config_file, config_from_spec, validate
     from pplug.errors import PPlugError
 
     try:
-        cfg = config_from_spec(method, str(data))
-        cfg.task = task or ""
+        base = config_file(config_path) if config_path is not None else None
+        spec = method or (base.method if base is not None else None)
+        data = data or (Path(base.data) if base is not None and base.data else None)
+        if not spec or data is None:
+            raise PPlugError(f"train: give --{'method' if not spec else 'data'} (or set it in a --config file)")
+        cfg = config_from_spec(spec, str(data), base=base)
+        cfg.task = task or cfg.task
         optim, prefix = (cfg.lora, "task_") if cfg.method in LORA_METHODS else (cfg.train, "")
         pairs = [(cfg.backbone, "name_or_path", backbone), (cfg.encoder, "name_or_path", encoder),
                  (optim, f"{prefix}epochs", epochs), (optim, f"{prefix}lr", lr), (cfg.train, "batch_size", batch_size),
@@ -44,7 +53,7 @@ def build_config(method: str, data: Path, task: str | None, backbone: str | None
         for section, field, value in pairs:
             if value is not None:
                 setattr(section, field, value)
-        for o in overrides or []:
+        for o in [*device_overrides(device, dtype), *(overrides or [])]:
             apply_override(cfg, o)
         return validate(cfg)
     except (ValueError, TypeError) as e:  # a dataclass check the config layer did not phrase as a PPlugError
@@ -65,10 +74,16 @@ def _d(section: str, name: str) -> str:
 
 
 def train(
-    method: Annotated[str, Opt(help="Method, optionally with a variant: pplug, pplug:no_persona, rag-bm25, ... "
-                                    "(`pplug methods`).")],
-    data: Annotated[Path, Opt(help="Data folder (LaMP or JSONL layout) with train (and dev) splits.")],
     out: Annotated[Path, Opt(help="Run folder to write (config, trainable weights, reports).")],
+    method: Annotated[str | None, Opt(help="Method, optionally with a variant: pplug, pplug:no_persona, rag-bm25, "
+                                           "... (`pplug methods`). Required unless --config names it.")] = None,
+    data: Annotated[Path | None, Opt(help="Data folder (LaMP or JSONL layout) with train (and dev) splits. "
+                                          "Required unless --config names it.")] = None,
+    config: Annotated[Path | None, Opt("--config", help="A JSON run config to start from (e.g. "
+                                                        "recipes/paper-lamp.json); flags and --set override it.")]
+    = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     task: Annotated[str | None, Opt(help="Task name (default: inferred from the data folder).")] = None,
     backbone: Annotated[str | None, Opt(help="Backbone: 'smollm2-135m' (bundled) or a local HF folder.",
                                         show_default=_d("backbone", "name_or_path"))] = None,
@@ -123,7 +138,7 @@ def train(
     apply_quiet(quiet)
     cfg = build_config(method, data, task, backbone, encoder, epochs, lr, batch_size, max_steps, train_limit,
                        dev_limit, seed, persona_tokens, augment_copies, class_balanced, train_input_encoder,
-                       k, retriever, users, set_)
+                       k, retriever, users, set_, config_path=config, device=device, dtype=dtype)
     report = train_run(cfg, out, resume=resume, keep_checkpoint=keep_checkpoint)
     report.pop("history", None)
     typer.echo(json.dumps(report, indent=1))
@@ -137,27 +152,30 @@ SwapOpt = Annotated[bool, Opt("--swap-history/--no-swap-history", metavar="",
                               help="Diagnostic: give each question another user's history.")]
 SetOpt = Annotated[list[str] | None, Opt("--set", help="Decoding/retrieval setting for this call: decode.field=value "
                                                        "or retrieval.field=value (e.g. decode.num_beams=4, "
-                                                       "decode.classify=rank); repeatable.")]
+                                                       "decode.classify=rank), device or a *.dtype; repeatable.")]
 
 
 def predict(run: RunOpt, data: DataOpt, out: Annotated[Path, Opt(help="Prediction file (LaMP format).")],
             split: SplitOpt = "test", limit: LimitOpt = None, swap_history: SwapOpt = False, set_: SetOpt = None,
-            quiet: QuietOpt = False) -> None:
+            device: DeviceOpt = None, dtype: DtypeOpt = None, quiet: QuietOpt = False) -> None:
     """Predict a split with a trained run; writes {"task", "golds": [{"id", "output"}]}."""
     from pplug.runner import predict_run
 
     apply_quiet(quiet)
-    _, timing, _ = predict_run(run, data, split, limit, swap_history, out=out, overrides=set_)
+    overrides = [*device_overrides(device, dtype), *(set_ or [])]
+    _, timing, _ = predict_run(run, data, split, limit, swap_history, out=out, overrides=overrides)
     typer.echo(json.dumps({"predictions": str(out)} | timing))
 
 
 def eval_(run: RunOpt, data: DataOpt, split: SplitOpt = "test", limit: LimitOpt = None,
-          swap_history: SwapOpt = False, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+          swap_history: SwapOpt = False, set_: SetOpt = None, device: DeviceOpt = None, dtype: DtypeOpt = None,
+          quiet: QuietOpt = False) -> None:
     """Predict and score a split; prints a JSON object of metrics and timing. Exit 2 when the split has no golds."""
     from pplug.runner import eval_run
 
     apply_quiet(quiet)
-    typer.echo(json.dumps(eval_run(run, data, split, limit, swap_history, overrides=set_), indent=1))
+    overrides = [*device_overrides(device, dtype), *(set_ or [])] or None
+    typer.echo(json.dumps(eval_run(run, data, split, limit, swap_history, overrides=overrides), indent=1))
 
 
 def methods() -> None:

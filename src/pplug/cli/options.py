@@ -26,3 +26,21 @@ def apply_quiet(quiet: bool) -> None:
         from pplug.progress import set_quiet
 
         set_quiet(True)
+
+
+DeviceOpt = Annotated[str | None, typer.Option(help="Where models run: auto (cuda, else mps, else cpu), cpu, cuda, "
+                                                    "cuda:N or mps (sets the config's `device`).",
+                                               show_default="the run's config: auto")]
+DtypeOpt = Annotated[str | None, typer.Option(help="Precision: float32, bfloat16 or float16 (GPU) for the backbone "
+                                                   "and encoder weights; the trained plug keeps float32 weights and "
+                                                   "computes in bfloat16 under autocast (float32 with float16). "
+                                                   "Fine-grained: --set backbone.dtype=... (docs/devices.md).",
+                                              show_default="the run's config: float32")]
+
+
+def device_overrides(device: str | None, dtype: str | None) -> list[str]:
+    """``--device``/``--dtype`` as ``--set`` assignments (applied before the user's own ``--set``)."""
+    from pplug.devices import dtype_fields
+
+    out = [f"device={device}"] if device is not None else []
+    return out + ([f"{k}={v}" for k, v in dtype_fields(dtype).items()] if dtype is not None else [])

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from pplug.cli.options import DeviceOpt, DtypeOpt, device_overrides
+
 Opt = typer.Option
 
 
@@ -77,6 +79,8 @@ def serve(
     max_history_items: Annotated[int, Opt(help="History items per user (413 beyond).")] = 5000,
     sqlite_synchronous: Annotated[str, Opt(help="SQLite synchronous: FULL or NORMAL.")] = "FULL",
     threads: Annotated[int | None, Opt(help="torch CPU threads (default: torch's).")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     max_body_bytes: Annotated[int, Opt(help="Request body limit in bytes (413 beyond; chunked bodies too).")]
     = 4_000_000,
     max_request_cost: Annotated[int, Opt(help="Generate cost cap: input tokens x beams x new tokens (413 beyond).")]
@@ -114,7 +118,7 @@ def serve(
                           max_request_cost=max_request_cost, request_timeout_s=request_timeout_s,
                           max_queue_per_tenant=max_queue_per_tenant, rate_limit=rate_limit,
                           auth_fail_limit=auth_fail_limit, rate_limit_storage=rate_limit_storage,
-                          metrics_key=metrics_key or None)
+                          metrics_key=metrics_key or None, run_overrides=device_overrides(device, dtype))
     if delete_tenant is not None and not yes:
         raise PPlugError(f"--delete-tenant {delete_tenant} deletes all its users and items: add --yes to confirm")
     actions = dict(create_tenant=create_tenant, list_keys=list_keys, revoke_key=revoke_key, rotate_key=rotate_key,
@@ -129,7 +133,7 @@ def serve(
     from pplug.runner import runtime_config
 
     for r in config.runs:
-        runtime_config(r)  # config and weights present: fail before printing a URL or loading models
+        runtime_config(r, overrides=config.run_overrides)  # config, weights, device: fail before printing a URL
     import uvicorn
 
     if threads is not None:

@@ -13,6 +13,7 @@ import torch
 from pplug.backbones import PromptParts
 from pplug.config import RunConfig
 from pplug.data.records import HistoryItem, Question
+from pplug.devices import resolve_device
 from pplug.label_prior import combine, resolve_auto
 from pplug.methods.base import Prediction, register_method
 from pplug.progress import batches
@@ -130,8 +131,9 @@ class PromptMethod:
     def __init__(self, config: RunConfig, resources: Resources | None, retriever: str | None):
         resources = resources or Resources()
         self.config, self.name, self.task = config, config.method, get_task(config.task)
-        self.backbone = resources.backbone(config.backbone)
-        encoder = resources.encoder(config.encoder) if retriever == "dense" else None
+        device = resolve_device(config.device)
+        self.backbone = resources.backbone(config.backbone, device)
+        encoder = resources.encoder(config.encoder, device) if retriever == "dense" else None
         r = build_retriever(retriever, self.task, encoder) if retriever else None
         self.prompter = RagPrompter(self.task, r, config.retrieval.k, config.retrieval.item_tokens,
                                     self.backbone.tokenizer)

@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 from pplug.backbones import Backbone, PromptParts, load_backbone
 from pplug.config import LORA_METHODS, LoraConfig, RunConfig
 from pplug.data.records import HistoryItem, Question, Split
+from pplug.devices import resolve_device
 from pplug.errors import PPlugError
 from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import RagPrompter, generate_predictions
@@ -197,14 +198,15 @@ class LoraMethod:
     def __init__(self, config: RunConfig, resources: Resources | None, per_user: bool, rag: bool):
         self.config, self.name, self.per_user, self.rag = config, config.method, per_user, rag
         self.task = get_task(config.task)
-        self.backbone = load_backbone(config.backbone)  # our own copy: peft mutates it in place
+        self.device = resolve_device(config.device)
+        self.backbone = load_backbone(config.backbone, self.device)  # our own copy: peft mutates it in place
         self.state = "base"  # base | task (LoRA attached) | merged (OPPU: task LoRA merged in)
         self.adapter: peft.PeftModel | None = None
         self.run_dir: Path | None = None
         retriever = None
         if rag:
             r = config.retrieval.retriever
-            encoder = (resources or Resources()).encoder(config.encoder) if r == "dense" else None
+            encoder = (resources or Resources()).encoder(config.encoder, self.device) if r == "dense" else None
             retriever = build_retriever(r, self.task, encoder)
         tok, ret = self.backbone.tokenizer, config.retrieval
         self.prompter = RagPrompter(self.task, retriever, ret.k if rag else 0, ret.item_tokens, tok)
@@ -214,7 +216,7 @@ class LoraMethod:
 
     def _fresh_backbone(self) -> None:
         if self.state != "base":
-            self.backbone = load_backbone(self.config.backbone)
+            self.backbone = load_backbone(self.config.backbone, self.device)
             self.adapter, self.state = None, "base"
 
     def _finish_task_stage(self, adapter: peft.PeftModel) -> None:

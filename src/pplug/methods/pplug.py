@@ -18,6 +18,7 @@ from torch import nn
 from pplug.backbones import PromptParts
 from pplug.config import RunConfig
 from pplug.data.records import HistoryItem, Question, Split
+from pplug.devices import autocast, check_dtype, resolve_device
 from pplug.encoders import load_encoder
 from pplug.kind_defaults import resolve_per_kind
 from pplug.label_prior import resolve_auto
@@ -73,12 +74,16 @@ class PPlugMethod:
         self.task = get_task(config.task)
         resolve_per_kind(config, self.task.kind)  # plug/train/decode fields left to the task kind
         resources = resources or Resources()
-        self.backbone = resources.backbone(config.backbone)
-        self.history_encoder = resources.encoder(config.encoder)  # frozen + cached
+        self.device = resolve_device(config.device)
+        check_dtype(self.device, config.plug.dtype, "plug.dtype")  # before any model loads
+        self.backbone = resources.backbone(config.backbone, self.device)
+        self.history_encoder = resources.encoder(config.encoder, self.device)  # frozen + cached
         set_seed(config.train.seed)
-        self.input_encoder = load_encoder(config.encoder) if config.plug.train_input_encoder else None
+        self.input_encoder = None  # trainable: float32 master weights, computes in plug.dtype (autocast)
+        if config.plug.train_input_encoder:
+            self.input_encoder = load_encoder(replace(config.encoder, dtype="float32"), self.device)
         self.plug = PersonaPlug(config.plug, self.history_encoder.dim, self.backbone.hidden_size,
-                                self.backbone.embedding_norm())
+                                self.backbone.embedding_norm()).to(self.device)  # float32 master weights
         self.trainable = nn.ModuleDict({"plug": self.plug})
         if self.input_encoder is not None:
             self.trainable["input_encoder"] = self.input_encoder
@@ -97,7 +102,7 @@ class PPlugMethod:
         return items if keep is None else [items[i] for i in keep]
 
     def item_vectors(self, items: list[HistoryItem]) -> torch.Tensor:
-        """[n, d_enc] frozen embeddings of history items (through the on-disk cache)."""
+        """[n, d_enc] frozen embeddings of history items (through the on-disk cache), float32 on CPU."""
         if not items:
             return torch.zeros(0, self.history_encoder.dim)
         return self.history_encoder.encode([self.task.render_item(it) for it in items])
@@ -116,8 +121,8 @@ class PPlugMethod:
                  vectors: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[b, n, d_enc] history embeddings and their [b, n] mask (``vectors``: precomputed per profile)."""
         n = max((len(p) for p in profiles), default=0)
-        hist = torch.zeros(len(profiles), n, self.history_encoder.dim)
-        mask = torch.zeros(len(profiles), n, dtype=torch.bool)
+        hist = torch.zeros(len(profiles), n, self.history_encoder.dim, device=self.device)
+        mask = torch.zeros(len(profiles), n, dtype=torch.bool, device=self.device)
         if vectors is None:
             flat = self.item_vectors([it for p in profiles for it in p])
             sizes = [len(p) for p in profiles]
@@ -130,8 +135,9 @@ class PPlugMethod:
     def _queries(self, questions: Sequence[Question]) -> torch.Tensor:
         texts = [self.task.query(q.input) for q in questions]
         if self.input_encoder is not None:
-            return self.input_encoder(texts)  # [b, d_enc], trainable
-        return self.history_encoder.encode(texts)
+            with autocast(self.device, self.config.plug.dtype):
+                return self.input_encoder(texts)  # [b, d_enc], trainable
+        return self.history_encoder.encode(texts).to(self.device)  # cached, so never under autocast
 
     def _prefixes(self, questions: Sequence[Question], profiles: list[list[HistoryItem]]) -> list[str]:
         if self.retriever is None:
@@ -147,7 +153,8 @@ class PPlugMethod:
                  vectors: list[torch.Tensor] | None = None) -> tuple[PlugOutput, Any]:
         hist, mask = self._history(profiles, vectors)
         query = self._queries(questions) if self.config.plug.use_persona else None
-        out = self.plug(query, hist, mask)
+        with autocast(self.device, self.config.plug.dtype):
+            out = self.plug(query, hist, mask)  # soft: plug.dtype; the backbone casts it to its own dtype
         texts = [self.task.prompt(q.input) for q in questions]
         parts = [PromptParts(text=t, prefix=pre, body_start=self.task.body_start(t))
                  for t, pre in zip(texts, self._prefixes(questions, profiles), strict=True)]
@@ -248,7 +255,7 @@ class PPlugMethod:
         return sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)
 
     def save(self, run_dir: Path) -> None:
-        state = {k: v.detach().contiguous() for k, v in self.trainable.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.trainable.state_dict().items()}
         save_file(state, str(Path(run_dir) / WEIGHTS))
 
     def load(self, run_dir: Path) -> None:

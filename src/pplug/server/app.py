@@ -59,7 +59,7 @@ def create_app(config: ServerConfig, resources: Resources | None = None) -> Fast
     store = Store(config.resolved_db_url(), config.sqlite_synchronous)
     for tenant, key in config.tenants.items():
         store.add_key(tenant, hash_key(key))
-    models = load_models(list(config.runs), resources or Resources(config.embedding_cache))
+    models = load_models(list(config.runs), resources or Resources(config.embedding_cache), config.run_overrides)
     backfill(store, models)
     metrics = Metrics()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pplug-model")

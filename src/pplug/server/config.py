@@ -38,6 +38,7 @@ class ServerConfig:
     metrics_key: str | None = None  # when set, GET /metrics needs `Authorization: Bearer <metrics_key>`
     tenants: dict[str, str] = field(default_factory=dict)  # bootstrap {tenant name: API key} (stored hashed)
     embedding_cache: str | None = None  # the methods' own query/item embedding cache; None = in memory
+    run_overrides: list[str] = field(default_factory=list)  # applied to every run, e.g. ["device=cuda"] (--device)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

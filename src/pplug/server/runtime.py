@@ -67,13 +67,17 @@ class TaskModel:
         return [f for f in self.task.item_fields if f not in fields]
 
 
-def load_models(runs: list[str], resources: Resources) -> dict[str, TaskModel]:
-    """Load each run folder (one per task) on shared resources, keyed by ``task_key(task name)``."""
+def load_models(runs: list[str], resources: Resources, overrides: list[str] | None = None) -> dict[str, TaskModel]:
+    """Load each run folder (one per task) on shared resources, keyed by ``task_key(task name)``.
+
+    Args:
+        overrides: runtime settings for every run (``device=cuda``, ``backbone.dtype=bfloat16``, ``decode.*``).
+    """
     from pplug.runner import load_run
 
     models: dict[str, TaskModel] = {}
     for run in runs:
-        config, method = load_run(run, resources)
+        config, method = load_run(run, resources, overrides=overrides)
         if not (hasattr(method, "item_vectors") and hasattr(method, "history_encoder")):
             raise PPlugError(f"{run}: method '{config.method}' cannot be served; serve pplug or pplug-rag runs")
         config.decode.swap_history = False
