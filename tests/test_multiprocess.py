@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_helpers import run
-from pplug.config import RunConfig, validate
+from pplug.config import RunConfig
 from pplug.errors import PPlugError
 from pplug.synth import SynthConfig, synthesize
 
@@ -124,13 +124,25 @@ def test_bad_process_counts_are_one_line_errors(extra, fragment, topic, tmp_path
     assert not (tmp_path / "run").exists()  # refused before any model loads or any file is written
 
 
-def test_launcher_variables(monkeypatch):
+def test_launcher_variables(topic, tmp_path, monkeypatch):
     from pplug import distributed
+    from pplug.runner import train_run
 
     monkeypatch.setenv("PMI_RANK", "1")  # mpirun (accelerate launch --cpu --mpirun_hostfile)
     monkeypatch.setenv("PMI_SIZE", "3")
     assert distributed.launched() == distributed.World(1, 3) and not distributed.launched().main
     for name in ("PMI_RANK", "PMI_SIZE"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: the launcher's count is checked before any group forms
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(PPlugError, match="trains nothing"):
+        train_run(RunConfig(method="zero-shot", data=str(topic)), tmp_path / "run")
+    cfg = RunConfig(method="pplug", data=str(topic))
+    cfg.train.processes = 3
+    with pytest.raises(PPlugError, match="already one of 2 started by a launcher"):
+        train_run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    for name in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # `accelerate launch --cpu --num_processes 2`: one process
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -138,7 +150,3 @@ def test_launcher_variables(monkeypatch):
         distributed.launched()
     with pytest.raises(PPlugError, match="not one of 2 launched together"):
         distributed.training_world(2)
-    cfg = RunConfig(method="rag-bm25", data="x")
-    cfg.train.processes = 2
-    with pytest.raises(PPlugError, match="trains nothing"):
-        validate(cfg)

@@ -55,14 +55,17 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
     if train.golds is None:
         raise PPlugError(f"{config.data}: the train split has no gold outputs (train_outputs.json) to train on")
     dev = load_split(config.data, "dev", config.task) if "dev" in available_splits(config.data) else None
+    launched = distributed.launched()
+    if launched.size > 1 and config.train.processes == 1:  # the launcher decides; the saved config records it
+        config.train.processes = launched.size
+        validate(config)  # e.g. a training-free method refused
     processes, n_train = config.train.processes, len(train.limit(config.train.limit).questions)
     if processes > max(1, n_train):
         raise PPlugError(f"--processes {processes}: more processes than training questions ({n_train})")
-    if processes > 1 and distributed.launched().size == 1:
+    if processes > 1 and launched.size == 1:
         distributed.launch(processes, _train_worker, config, run_dir, resume, keep_checkpoint)
         return json.loads((run_dir / "train_report.json").read_text())
     with distributed.session(processes) as world:
-        config.train.processes = world.size  # the resolved config records the launcher's world size
         return _fit(config, run_dir, train, dev, resources, resume, keep_checkpoint, world)
 
 
