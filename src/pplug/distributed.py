@@ -8,7 +8,7 @@ Three ways to start the processes; all give each one ``RANK``, ``WORLD_SIZE``, `
 multi-CPU mode is MPI); the MPI rank variables are read as accelerate reads them, and the one-process case is
 refused with a one-line error (`launched`) instead of silently training alone.
 
-What each rank does (see `DataParallel`): the same seeds, the same shuffled order and the same micro-batches
+What each rank does (see `DataParallelStep`): the same seeds, the same shuffled order and the same micro-batches
 on every rank; rank r computes micro-batches r, r + N, ... of each optimizer step; DDP averages the gradients
 once per step; every rank applies the same update. Rank 0 alone evaluates dev (the others wait for its
 score), writes the run folder and shows progress bars.
@@ -151,7 +151,7 @@ class _LossModule(nn.Module):
         return self.loss_fn(batch)
 
 
-class DataParallel:
+class DataParallelStep:
     """The backward pass of one optimizer step, shared by the ranks of ``world`` (alone: a plain loop).
 
     A step takes ``grad_accum x size`` micro-batches (one shuffled order, the same on every rank). Rank r runs

@@ -131,7 +131,7 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         result = TrainResult(**ck["result"])
         start_epoch = result.epochs_done
     t0 = time.perf_counter() - result.seconds
-    parallel = distributed.DataParallel(params, loss_fn, world)  # after resume: rank 0's weights go to all
+    parallel = distributed.DataParallelStep(params, loss_fn, world)  # after resume: rank 0's weights go to all
     bar = tqdm(total=total, initial=result.steps, desc=desc, disable=not (config.progress and progress_enabled()),
                dynamic_ncols=True)
     for epoch in range(start_epoch, config.epochs):
