@@ -49,6 +49,7 @@ class RetrievalConfig:
 
 
 LORA_METHODS = ("task-lora", "task-lora-rag", "oppu", "oppu-rag")  # the methods whose training reads `lora`
+TRAINED_METHODS = ("pplug", "pplug-rag", *LORA_METHODS)  # the methods `train` optimizes (train.processes > 1)
 
 
 @dataclass
@@ -174,7 +175,8 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
     "train": {"epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup": between(0, 1),
               "batch_size": at_least(1), "grad_accum": at_least(1), "clip": at_least(0), "max_steps": at_least(1),
               "limit": at_least(0), "dev_limit": at_least(0), "augment_copies": at_least(0),
-              "augment_max_drop": between(0.01, 1)},
+              "augment_max_drop": between(0.01, 1),
+              "processes": at_least(1)},
     "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
                "classify": one_of("generate", "rank"), "label_prior": prior_weight,
                "prior_smoothing": at_least(0)},
@@ -232,6 +234,9 @@ def validate(config: RunConfig) -> RunConfig:
                 problem = rules[sub.name](value)
             if problem:
                 raise ConfigError(f"{f.name}.{sub.name}: {problem}")
+    if config.train.processes > 1 and config.method not in TRAINED_METHODS:
+        raise ConfigError(f"train.processes: {config.method} trains nothing to run on {config.train.processes} "
+                          f"processes; multi-process training supports {', '.join(TRAINED_METHODS)}")
     return config
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pplug import distributed
 from pplug.config import RunConfig, apply_override, validate
 from pplug.data import Split, available_splits, load_split, resolve_task, write_predictions
 from pplug.devices import check_run
@@ -37,34 +38,67 @@ def train_run(config: RunConfig, run_dir: str | Path, resources: Resources | Non
               resume: bool = False, keep_checkpoint: bool = False) -> dict[str, Any]:
     """Fit ``config.method`` on ``config.data`` (train split; selects on dev when present).
 
+    With ``train.processes`` = N > 1 outside a launcher, N worker processes are spawned and train together
+    (see `pplug.distributed`); under torchrun / accelerate this process is one rank of the launched group.
+    Only rank 0 writes the run folder.
+
     Args:
         resume: continue from ``run_dir/checkpoint/`` (the end of the last finished epoch) when it exists;
             otherwise an old checkpoint there is discarded and training starts fresh.
         keep_checkpoint: keep ``run_dir/checkpoint/`` (optimizer + resume state) after training finishes.
 
     Raises:
-        PPlugError: the data has no train split or no gold outputs for it (checked before models load).
+        PPlugError: the data has no train split or no gold outputs for it, or more processes than training
+            questions (checked before models load).
     """
     run_dir = Path(run_dir)
     check_run(config)  # the device exists and supports the dtypes: fail before writing the run folder
-    if not resume and (run_dir / "checkpoint").is_dir():
-        shutil.rmtree(run_dir / "checkpoint")
     config.task = resolve_task(config.data, config.task or None)
-    filled = resolve_per_kind(config)  # saved below: config.json always holds concrete values
     train = load_split(config.data, "train", config.task)
     if train.golds is None:
         raise PPlugError(f"{config.data}: the train split has no gold outputs (train_outputs.json) to train on")
     dev = load_split(config.data, "dev", config.task) if "dev" in available_splits(config.data) else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
-    write_task_file(run_dir / TASK_FILE, get_task(config.task))  # the run carries its task definition
+    launched = distributed.launched()
+    if launched.size > 1 and config.train.processes == 1:  # the launcher decides; the saved config records it
+        config.train.processes = launched.size
+        validate(config)  # e.g. a training-free method refused
+    processes, n_train = config.train.processes, len(train.limit(config.train.limit).questions)
+    if processes > max(1, n_train):
+        raise PPlugError(f"--processes {processes}: more processes than training questions ({n_train})")
+    if processes > 1 and launched.size == 1:
+        distributed.launch(processes, _train_worker, config, run_dir, resume, keep_checkpoint)
+        return json.loads((run_dir / "train_report.json").read_text())
+    with distributed.session(processes) as world:
+        return _fit(config, run_dir, train, dev, resources, resume, keep_checkpoint, world)
+
+
+def _train_worker(config: RunConfig, run_dir: Path, resume: bool, keep_checkpoint: bool) -> None:
+    """One of ``pplug train --processes N``'s spawned processes (it loads its own models)."""
+    train_run(config, run_dir, None, resume, keep_checkpoint)
+
+
+def _fit(config: RunConfig, run_dir: Path, train: Split, dev: Split | None, resources: Resources | None,
+         resume: bool, keep_checkpoint: bool, world: distributed.World) -> dict[str, Any]:
+    filled = resolve_per_kind(config)  # saved below: config.json always holds concrete values
+    if world.main:
+        if not resume and (run_dir / "checkpoint").is_dir():
+            shutil.rmtree(run_dir / "checkpoint")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+        write_task_file(run_dir / TASK_FILE, get_task(config.task))  # the run carries its task definition
+    distributed.barrier(world)  # the other ranks start on a ready folder with no stale checkpoint
     t0 = time.perf_counter()
     method = build_method(config, resources)
     load_s = time.perf_counter() - t0
     report = method.fit(train, dev, run_dir)
-    config.save(run_dir / "config.json")  # fit may resolve settings chosen on dev (decode.label_prior="auto")
     report.update(method=config.method, task=config.task, per_kind_defaults=filled, load_seconds=round(load_s, 2),
                   total_seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=round(peak_rss_mb(), 1))
+    if world.size > 1:
+        report.update(processes=world.size, global_batch=config.train.batch_size * config.train.grad_accum
+                      * world.size)
+    if not world.main:
+        return report
+    config.save(run_dir / "config.json")  # fit may resolve settings chosen on dev (decode.label_prior="auto")
     (run_dir / "train_report.json").write_text(json.dumps(report, indent=1))
     if not keep_checkpoint and (run_dir / "checkpoint").is_dir():
         shutil.rmtree(run_dir / "checkpoint")  # a finished run keeps no resume state

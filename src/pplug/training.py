@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pplug import distributed
 from pplug.progress import enabled as progress_enabled
 
 
@@ -29,7 +30,8 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup: float = 0.05  # fraction of steps with linear warmup, then linear decay to 0
     batch_size: int = 8  # examples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    processes: int = 1  # data-parallel processes; global batch = batch_size x grad_accum x processes
     clip: float = 1.0  # max global grad norm (0 = off)
     max_steps: int | None = None  # stop after this many optimizer steps (quick runs)
     limit: int | None = None  # use only the first N training questions (before augmentation)
@@ -107,10 +109,16 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
 
     Returns:
         TrainResult with per-epoch loss, dev score and timing.
+
+    With ``config.processes`` > 1 (inside a launched process group, see `pplug.distributed`) each optimizer
+    step shares ``grad_accum x processes`` micro-batches among the ranks; rank 0 alone evaluates, calls
+    ``on_best`` and writes the checkpoint.
     """
     params = [p for p in params if p.requires_grad]
+    world = distributed.training_world(config.processes)
+    span = config.grad_accum * world.size  # micro-batches per optimizer step, over all processes
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(examples) / config.batch_size / config.grad_accum)
+    per_epoch = math.ceil(len(examples) / config.batch_size / span)
     total = per_epoch * config.epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
@@ -124,6 +132,7 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         result = TrainResult(**ck["result"])
         start_epoch = result.epochs_done
     t0 = time.perf_counter() - result.seconds
+    parallel = distributed.DataParallelStep(params, loss_fn, world)  # after resume: rank 0's weights go to all
     bar = tqdm(total=total, initial=result.steps, desc=desc, disable=not (config.progress and progress_enabled()),
                dynamic_ncols=True)
     for epoch in range(start_epoch, config.epochs):
@@ -138,13 +147,8 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         if (config.bucket or 0) > 0 and length is not None:
             micro = bucketed(order, [length(e) for e in examples], config.batch_size, config.bucket,
                              config.seed * 1000 + epoch)
-        for i in range(0, len(micro), config.grad_accum):
-            group = micro[i:i + config.grad_accum]
-            step_loss = 0.0
-            for idx in group:
-                loss = loss_fn([examples[j] for j in idx]) / len(group)
-                loss.backward()
-                step_loss += loss.item()
+        for i in range(0, len(micro), span):
+            step_loss = parallel.backward([[examples[j] for j in idx] for idx in micro[i:i + span]])
             if config.clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.clip)
             opt.step()
@@ -161,17 +165,18 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         if evaluate is not None:
             if train_mode:
                 train_mode(False)
-            score = evaluate()
+            score = distributed.on_main(world, evaluate)
             row["dev_score"] = score
             better = result.best_score is None or (score > result.best_score if higher_is_better
                                                    else score < result.best_score)
             if better:
                 result.best_score, result.best_epoch = score, epoch + 1
-                if on_best:
+                if on_best and world.main:
                     on_best()
         elif on_best:
             result.best_epoch = epoch + 1
-            on_best()
+            if world.main:
+                on_best()
         result.epochs_done = epoch + 1
         result.seconds = time.perf_counter() - t0
         row["seconds"] = round(result.seconds, 2)
@@ -179,12 +184,13 @@ def train_loop(params: Sequence[torch.nn.Parameter], loss_fn: Callable[[list[Any
         if progress_enabled():  # the epoch summary goes to stderr: stdout carries only results
             bar.write(f"[{desc}] " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in row.items()), file=sys.stderr)
-        if checkpoint is not None and state is not None:
+        if checkpoint is not None and state is not None and world.main:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")
             torch.save({"trainable": state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "result": asdict(result)}, tmp)
             tmp.replace(checkpoint)
     bar.close()
+    distributed.barrier(world)  # rank 0's files (best weights) exist before any rank reads them
     result.seconds = time.perf_counter() - t0
     return result

@@ -21,7 +21,7 @@ def build_config(method: str | None, data: Path | None, task: str | None, backbo
                  persona_tokens: int | None, augment_copies: int | None, class_balanced: bool | None,
                  train_input_encoder: bool | None, k: int | None, retriever: str | None, users: int | None,
                  overrides: list[str] | None, config_path: Path | None = None, device: str | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, processes: int | None = None):
     """A RunConfig from CLI flags (``method`` is a spec: ``pplug:no_persona``, ``pplug@plug.top_k=2``).
 
     Precedence: defaults < ``config_path`` (a JSON recipe) < flags < ``--device``/``--dtype`` < ``--set``.
@@ -49,7 +49,8 @@ def build_config(method: str | None, data: Path | None, task: str | None, backbo
                  (cfg.train, "dev_limit", dev_limit), (cfg.train, "seed", seed),
                  (cfg.plug, "n_persona_tokens", persona_tokens), (cfg.train, "augment_copies", augment_copies),
                  (cfg.train, "class_balanced", class_balanced), (cfg.plug, "train_input_encoder", train_input_encoder),
-                 (cfg.retrieval, "k", k), (cfg.retrieval, "retriever", retriever), (cfg.lora, "users", users)]
+                 (cfg.retrieval, "k", k), (cfg.retrieval, "retriever", retriever), (cfg.lora, "users", users),
+                 (cfg.train, "processes", processes)]
         for section, field, value in pairs:
             if value is not None:
                 setattr(section, field, value)
@@ -119,6 +120,10 @@ def train(
                                          show_default=_d("retrieval", "retriever"))] = None,
     users: Annotated[int | None, Opt(min=0, help="OPPU: personalize only the first N test users.",
                                      show_default=_d("lora", "users"))] = None,
+    processes: Annotated[int | None, Opt(min=1, help="Data-parallel training processes (DDP, gloo on CPU); the "
+                                                     "global batch is batch size x grad accum x N. Under torchrun "
+                                                     "or accelerate the launcher decides.",
+                                         show_default=_d("train", "processes"))] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="Any config field: section.field=value (repeatable).")]
     = None,
     resume: Annotated[bool, Opt("--resume/--no-resume", metavar="", help="Continue from the run folder's last epoch "
@@ -133,15 +138,18 @@ def train(
     Cost: steps = epochs x train questions x (1 + augment copies) / batch size; a step of 8 examples takes
     a few seconds on CPU with the bundled model. Bound a first run with --max-steps or --augment-copies 0.
     """
+    from pplug.distributed import launched
     from pplug.runner import train_run
 
     apply_quiet(quiet)
     cfg = build_config(method, data, task, backbone, encoder, epochs, lr, batch_size, max_steps, train_limit,
                        dev_limit, seed, persona_tokens, augment_copies, class_balanced, train_input_encoder,
-                       k, retriever, users, set_, config_path=config, device=device, dtype=dtype)
+                       k, retriever, users, set_, config_path=config, device=device, dtype=dtype,
+                       processes=processes)
     report = train_run(cfg, out, resume=resume, keep_checkpoint=keep_checkpoint)
     report.pop("history", None)
-    typer.echo(json.dumps(report, indent=1))
+    if launched().main:  # under a launcher, rank 0 alone prints the report
+        typer.echo(json.dumps(report, indent=1))
 
 
 RunOpt = Annotated[Path, Opt(help="A run folder made by `pplug train`.")]
