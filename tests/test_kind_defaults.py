@@ -37,12 +37,13 @@ def test_label_and_generation_tasks_differ_where_the_sweeps_said_so():
     label, gen = PER_KIND["classification"], PER_KIND["generation"]
     assert (label["plug.placement"], gen["plug.placement"]) == ("after_text", "before_text")
     assert label["plug.train_input_encoder"] is False and gen["plug.train_input_encoder"] is True
+    assert (label["train.epochs"], PER_KIND["rating"]["train.epochs"], gen["train.epochs"]) == (3, 1, 2)
 
 
 def test_explicit_settings_win():
     cfg = RunConfig(method="pplug")
     for o in ("plug.placement=before_text", "plug.train_input_encoder=true", "train.bucket=0",
-              "decode.label_prior=0"):
+              "decode.label_prior=0", "train.epochs=2"):
         apply_override(cfg, o)
     assert resolve_per_kind(cfg, "classification") == {}
     assert (cfg.plug.placement, cfg.plug.train_input_encoder, cfg.train.bucket, cfg.decode.label_prior) == \

@@ -25,7 +25,8 @@ from pplug.progress import enabled as progress_enabled
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2  # passes over the (augmented) training examples (paper: 2; 1 for rating)
+    epochs: int | None = None  # passes over the (augmented) training examples (paper: 2; 1 for rating); None = per
+    # task kind (pplug/kind_defaults.py: classification 3, rating 1, generation 2)
     lr: float = 1e-3  # peak AdamW lr (paper: 1e-4 on FlanT5-XXL; 1e-3 is stable here with normalized soft tokens)
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup: float = 0.05  # fraction of steps with linear warmup, then linear decay to 0

@@ -15,7 +15,8 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the synthetic data a
          task: Annotated[str, typer.Option(help="Synthetic task: synth_topic or synth_title.")] = "synth_topic",
          backbone: Annotated[str, typer.Option(help="Backbone (default: bundled SmolLM2-135M).")] = "smollm2-135m",
          encoder: Annotated[str, typer.Option(help="Encoder (default: bundled MiniLM).")] = "all-minilm-l6-v2",
-         epochs: Annotated[int, typer.Option(help="Training epochs.")] = 2,
+         epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (default: the task kind's: "
+                                                   "classification 3, generation 2).")] = None,
          persona_tokens: Annotated[int, typer.Option(min=1, help="Persona soft tokens.")] = 4,
          quiet: QuietOpt = False) -> None:
     """Make the synthetic data, train PPlug on it with the bundled models, evaluate on test, and print
@@ -35,7 +36,7 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the synthetic data a
     data = folders[task]
     cfg = RunConfig(method="pplug", data=str(data), task=task)
     cfg.backbone.name_or_path, cfg.encoder.name_or_path = backbone, encoder
-    cfg.train.epochs, cfg.plug.n_persona_tokens = epochs, persona_tokens
+    cfg.train.epochs, cfg.plug.n_persona_tokens = epochs, persona_tokens  # epochs None: the task kind's default
     cfg.train.augment_copies = 2  # keeps the demo within minutes on 2 cores; the reference uses 10
     t = get_task(task)  # the rest are the per-kind defaults (pplug/kind_defaults.py, README "Defaults")
     resources = Resources()

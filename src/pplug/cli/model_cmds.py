@@ -91,7 +91,7 @@ def train(
     encoder: Annotated[str | None, Opt(help="Encoder: 'all-minilm-l6-v2' (bundled) or a local folder.",
                                        show_default=_d("encoder", "name_or_path"))] = None,
     epochs: Annotated[int | None, Opt(min=1, help="Training epochs (LoRA methods: of the task stage).",
-                                      show_default=_d("train", "epochs"))] = None,
+                                      show_default=per_kind_help("train.epochs"))] = None,
     lr: Annotated[float | None, Opt(min=0, help="Peak learning rate (LoRA methods: of the task stage).",
                                     show_default=_d("train", "lr"))] = None,
     batch_size: Annotated[int | None, Opt(min=1, help="Examples per micro-batch.",
