@@ -252,7 +252,7 @@ def test_lora_stages_use_oppu_defaults_and_overrides(tiny_llama_dir, topic_dir, 
     method = build_method(config, Resources(embedding_cache=None))
     method.fit(load_split(topic_dir, "train"), None, tmp_path)
     task = seen[0]
-    assert (task.epochs, task.lr, task.weight_decay, task.warmup, task.clip) == (3, 1e-4, 0.01, 0.1, 0.3)
+    assert (task.epochs, task.lr, task.weight_decay, task.warmup, task.clip) == (3, 1e-3, 0.01, 0.1, 0.3)  # lr: dev
     assert (task.batch_size, task.max_steps) == (2, 2)  # the run's batch size and step cap still apply
     user = method.user_train_config()
     assert (user.epochs, user.lr, user.weight_decay, user.warmup, user.clip) == (2, 1e-4, 0.01, 0.1, 0.3)
@@ -263,4 +263,4 @@ def test_lora_stages_use_oppu_defaults_and_overrides(tiny_llama_dir, topic_dir, 
                        ["lora.task_clip=1", "train.lr=0.5"])
     assert (cli.lora.task_epochs, cli.lora.task_lr, cli.lora.task_clip, cli.train.lr) == (1, 2e-4, 1.0, 0.5)
     pplug = build_config("pplug", topic_dir, *[None] * 3, 1, 2e-4, *[None] * 12, None)
-    assert (pplug.train.epochs, pplug.train.lr, pplug.lora.task_lr) == (1, 2e-4, 1e-4)
+    assert (pplug.train.epochs, pplug.train.lr, pplug.lora.task_lr) == (1, 2e-4, 1e-3)

@@ -68,7 +68,8 @@ class LoraConfig:
     # ^ task stage: q/k/v (OPPU task_LoRA.py; Llama + T5 names)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "q", "v"])  # per-user: q/v (OPPU)
     task_epochs: int = 3  # task stage epochs (OPPU: 3)
-    task_lr: float = 1e-4  # task stage peak lr, linear warmup then decay (OPPU: 1e-4)
+    task_lr: float = 1e-3  # task stage peak lr, linear warmup then decay (OPPU: 1e-4; 1e-3 measured better on
+    # news_categorize dev with this 135M backbone: .487 vs .385 after 1 epoch, README "Fidelity")
     task_weight_decay: float = 0.01  # task stage AdamW weight decay (OPPU: 0.01)
     task_warmup: float = 0.1  # task stage warmup share (OPPU: 0.1)
     task_clip: float = 0.3  # task stage max grad norm (OPPU: 0.3)
