@@ -24,7 +24,6 @@ import torch
 from pplug.config import config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
-from pplug.kind_defaults import resolve_per_kind
 from pplug.training import bucketed
 
 
@@ -115,8 +114,7 @@ def run_step_bench(cfg: StepBenchConfig, resources=None, log: Callable[[str], No
         packed[name] = "bench.packed_options=false" not in sets
         sets = [s for s in sets if not s.startswith("bench.")]
         run = config_from_spec("pplug", cfg.data, [*cfg.base, *sets])
-        run.task = task
-        resolve_per_kind(run)
+        run.task = task  # PPlugMethod fills the per-kind defaults from it
         run.train.progress = False
         methods[name] = PPlugMethod(run, resources)
         methods[name].prime(pool + list(evals))

@@ -38,7 +38,8 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the synthetic data a
     cfg.backbone.name_or_path, cfg.encoder.name_or_path = backbone, encoder
     cfg.train.epochs, cfg.plug.n_persona_tokens = epochs, persona_tokens  # epochs None: the task kind's default
     cfg.train.augment_copies = 2  # keeps the demo within minutes on 2 cores; the reference uses 10
-    t = get_task(task)  # the rest are the per-kind defaults (pplug/kind_defaults.py, README "Defaults")
+    # every other setting is the task kind's default (pplug/kind_defaults.py, README "Defaults per task kind")
+    t = get_task(task)
     resources = Resources()
     run = out / f"pplug-{task}"
     report = train_run(cfg, run, resources)
