@@ -8,6 +8,8 @@ once however many replicas start on one database at the same moment.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,24 @@ def create_schema(engine: Engine) -> None:
         Base.metadata.create_all(conn)
 
 
+BUSY_TIMEOUT_S = 30  # SQLite: how long a connection waits for another's lock
+
+
+def _enable_wal(cur: sqlite3.Cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried for up to the busy timeout: switching a new file to WAL takes an exclusive
+    lock and SQLite returns "database is locked" at once instead of running the busy handler, so processes (or
+    threads) opening a fresh database together would fail without the retry."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str, synchronous: str = "FULL") -> Engine:
     """An engine; for SQLite: the file is created private (0600) and every connection gets WAL,
     ``synchronous``, foreign keys and a busy timeout. ``postgresql://`` means psycopg 3 (the installed driver)."""
@@ -125,15 +145,15 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
         return create_engine(u, pool_pre_ping=True)
     if u.database and u.database != ":memory:":
         private_file(Path(u.database).expanduser())
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
         cur.close()
 
     return engine
