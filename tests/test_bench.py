@@ -58,6 +58,13 @@ def test_bench_runs_methods_side_by_side(tmp_path, tiny_llama_dir, tiny_bert_dir
     assert "| pplug |" in table and "FAILED" in table
     assert "| pplug:swap_history (diagnostic) |" in table and "(no LLM) |" in table  # summary marks kinds
     assert (out / "results.png").stat().st_size > 1000
+    # the verdicts carry paired intervals, read from the prediction files (the heuristics' too)
+    assert (out / "heuristics" / "preds_test_user-majority.json").is_file()
+    v = {t["target"]: t for t in result["targets"]}
+    beats = v["PPlug beats zero-shot (accuracy)"]
+    assert beats["interval"]["questions"] == 3 and beats["clear"] in (True, False) and "interval [" in beats["detail"]
+    assert "interval" in v["PPlug >= the user's-majority heuristic + 0.05 (accuracy)"]
+    assert "interval" in v["persona used: pplug:swap_history >= 5% worse than PPlug (accuracy)"]
 
 
 def test_bench_dev_split_and_oppu_reuses_the_task_stage(tmp_path, tiny_llama_dir, monkeypatch):

@@ -209,3 +209,35 @@ def test_rating_non_finite_prediction_is_worst_case(bad: str) -> None:
 def test_rating_non_finite_gold_raises() -> None:
     with pytest.raises(ValueError, match="position 0 is not a finite number"):
         rating_metrics(["nan"], ["3"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_question_values_average_to_the_metric(seed: int) -> None:
+    import random
+
+    from pplug.metrics import per_question
+
+    rng = random.Random(seed)
+    labels = ["a", "b", "c", " d"]
+    golds = [rng.choice(["a", "b", "c"]) for _ in range(20)]
+    preds = [rng.choice(["a", "b", "c", "zz", " b "]) for _ in range(20)]
+    assert per_question("classification", golds, preds, labels).mean() == pytest.approx(
+        score("classification", golds, preds, labels)["accuracy"])
+    r_golds = [str(rng.randint(1, 5)) for _ in range(20)]
+    r_preds = [rng.choice(["1", "2.5", "5", "nan", "inf", "x"]) for _ in range(20)]
+    assert per_question("rating", r_golds, r_preds).mean() == pytest.approx(score("rating", r_golds, r_preds)["mae"])
+    words = "the cat sat on a mat with its hat".split()
+    g_golds = [" ".join(rng.sample(words, 4)) for _ in range(10)]
+    g_preds = [" ".join(rng.sample(words, 3)) for _ in range(10)]
+    full = score("generation", g_golds, g_preds)
+    assert per_question("generation", g_golds, g_preds).mean() == pytest.approx(full["rouge-1"])
+    assert per_question("generation", g_golds, g_preds, metric="rouge-L").mean() == pytest.approx(full["rouge-L"])
+
+
+def test_per_question_refuses_metrics_that_are_not_means() -> None:
+    from pplug.metrics import per_question
+
+    with pytest.raises(ValueError, match="not a per-question mean"):
+        per_question("classification", ["a"], ["a"], ["a"], metric="f1")
+    with pytest.raises(ValueError, match="not a per-question mean"):
+        per_question("rating", ["1"], ["1"], metric="rmse")

@@ -15,6 +15,7 @@ import numpy as np
 
 METRIC_KINDS = ("classification", "rating", "generation")
 MAIN_METRIC = {"classification": "accuracy", "rating": "mae", "generation": "rouge-1"}
+KIND_METRICS = {"classification": ("accuracy", "f1"), "rating": ("mae", "rmse"), "generation": ("rouge-1", "rouge-L")}
 HIGHER_IS_BETTER = {
     "accuracy": True,
     "f1": True,
@@ -23,6 +24,7 @@ HIGHER_IS_BETTER = {
     "rouge-1": True,
     "rouge-L": True,
 }
+PER_QUESTION = {"accuracy", "mae", "rouge-1", "rouge-L"}  # metrics that are means of per-question values
 
 _SCORER: Any = None
 
@@ -33,6 +35,25 @@ def _check_lengths(golds: Sequence[str], preds: Sequence[str]) -> None:
         raise ValueError(f"golds and preds differ in length: {len(golds)} != {len(preds)}")
     if len(golds) == 0:
         raise ValueError("cannot score empty inputs")
+
+
+def _label_ids(golds: Sequence[str], preds: Sequence[str], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Gold and predicted label indices (official LaMP mapping: stripped, exact; an unknown prediction is -1)."""
+    _check_lengths(golds, preds)
+    if len(labels) == 0:
+        raise ValueError("labels must not be empty")
+    index: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        index.setdefault(label, i)  # first occurrence wins, like list.index
+    gold_ids = []
+    for pos, gold in enumerate(golds):
+        key = str(gold).strip()
+        if key not in index:
+            raise ValueError(f"gold label {gold!r} at position {pos} is not in the label list")
+        gold_ids.append(index[key])
+    y_true = np.asarray(gold_ids)
+    y_pred = np.asarray([index.get(str(p).strip(), -1) for p in preds])
+    return y_true, y_pred
 
 
 def classification_metrics(
@@ -52,20 +73,7 @@ def classification_metrics(
     Returns:
         ``{"accuracy": ..., "f1": ...}``.
     """
-    _check_lengths(golds, preds)
-    if len(labels) == 0:
-        raise ValueError("labels must not be empty")
-    index: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        index.setdefault(label, i)  # first occurrence wins, like list.index
-    gold_ids = []
-    for pos, gold in enumerate(golds):
-        key = str(gold).strip()
-        if key not in index:
-            raise ValueError(f"gold label {gold!r} at position {pos} is not in the label list")
-        gold_ids.append(index[key])
-    y_true = np.asarray(gold_ids)
-    y_pred = np.asarray([index.get(str(p).strip(), -1) for p in preds])
+    y_true, y_pred = _label_ids(golds, preds, labels)
     accuracy = float(np.mean(y_true == y_pred))
     f1s = []
     for k in range(len(labels)):
@@ -77,6 +85,27 @@ def classification_metrics(
         denom = precision + recall
         f1s.append(2 * precision * recall / denom if denom else 0.0)
     return {"accuracy": accuracy, "f1": float(np.mean(f1s))}
+
+
+def _rating_errors(golds: Sequence[str], preds: Sequence[str], low: float, high: float) -> np.ndarray:
+    """Per-question signed errors (prediction - gold), unparsable predictions at the farther end of the scale."""
+    _check_lengths(golds, preds)
+    errors = []
+    for pos, (gold, pred) in enumerate(zip(golds, preds, strict=True)):
+        try:
+            g = float(str(gold).strip())
+        except ValueError:
+            raise ValueError(f"gold rating {gold!r} at position {pos} is not a number") from None
+        if not math.isfinite(g):
+            raise ValueError(f"gold rating {gold!r} at position {pos} is not a finite number")
+        try:
+            p = float(str(pred).strip())
+        except ValueError:
+            p = math.nan
+        if not math.isfinite(p):  # "nan", "inf": unparsable, like text (the official scorer raises on them)
+            p = low if abs(low - g) > abs(high - g) else high
+        errors.append(p - g)
+    return np.asarray(errors, dtype=float)
 
 
 def rating_metrics(golds: Sequence[str], preds: Sequence[str], low: float = 1.0,
@@ -94,23 +123,7 @@ def rating_metrics(golds: Sequence[str], preds: Sequence[str], low: float = 1.0,
     Returns:
         ``{"mae": ..., "rmse": ...}``.
     """
-    _check_lengths(golds, preds)
-    errors = []
-    for pos, (gold, pred) in enumerate(zip(golds, preds, strict=True)):
-        try:
-            g = float(str(gold).strip())
-        except ValueError:
-            raise ValueError(f"gold rating {gold!r} at position {pos} is not a number") from None
-        if not math.isfinite(g):
-            raise ValueError(f"gold rating {gold!r} at position {pos} is not a finite number")
-        try:
-            p = float(str(pred).strip())
-        except ValueError:
-            p = math.nan
-        if not math.isfinite(p):  # "nan", "inf": unparsable, like text (the official scorer raises on them)
-            p = low if abs(low - g) > abs(high - g) else high
-        errors.append(p - g)
-    err = np.asarray(errors, dtype=float)
+    err = _rating_errors(golds, preds, low, high)
     return {"mae": float(np.mean(np.abs(err))), "rmse": float(math.sqrt(np.mean(err**2)))}
 
 
@@ -124,6 +137,18 @@ def _get_scorer() -> Any:
     return _SCORER
 
 
+def _rouge_per_question(golds: Sequence[str], preds: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-question ROUGE-1 and ROUGE-L F-measures."""
+    _check_lengths(golds, preds)
+    scorer = _get_scorer()
+    r1, rl = [], []
+    for gold, pred in zip(golds, preds, strict=True):
+        scores = scorer.score(target=str(gold).strip(), prediction=str(pred).strip())
+        r1.append(scores["rouge1"].fmeasure)
+        rl.append(scores["rougeL"].fmeasure)
+    return np.asarray(r1, dtype=float), np.asarray(rl, dtype=float)
+
+
 def generation_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1 and ROUGE-L F-measures (``rouge_score`` default tokenizer, no stemming).
 
@@ -134,13 +159,7 @@ def generation_metrics(golds: Sequence[str], preds: Sequence[str]) -> dict[str, 
     Returns:
         ``{"rouge-1": ..., "rouge-L": ...}``.
     """
-    _check_lengths(golds, preds)
-    scorer = _get_scorer()
-    r1, rl = [], []
-    for gold, pred in zip(golds, preds, strict=True):
-        scores = scorer.score(target=str(gold).strip(), prediction=str(pred).strip())
-        r1.append(scores["rouge1"].fmeasure)
-        rl.append(scores["rougeL"].fmeasure)
+    r1, rl = _rouge_per_question(golds, preds)
     return {"rouge-1": float(np.mean(r1)), "rouge-L": float(np.mean(rl))}
 
 
@@ -171,3 +190,31 @@ def score(
             return rating_metrics(golds, preds, float(labels[0]), float(labels[-1]))
         return rating_metrics(golds, preds)
     return generation_metrics(golds, preds)
+
+
+
+def per_question(kind: str, golds: Sequence[str], preds: Sequence[str], labels: Sequence[str] | None = None,
+                 metric: str | None = None) -> np.ndarray:
+    """The per-question values whose mean is ``metric`` (default: the kind's main metric).
+
+    Accuracy: 1/0 per question; MAE: absolute error (same fallback as `rating_metrics`); ROUGE-1/-L: the
+    question's F-measure. ``np.mean`` of the result equals `score`'s figure; used for paired bootstrap
+    confidence intervals (`pplug.bench.significance`). Macro-F1 and RMSE are not per-question means.
+    """
+    metric = metric or MAIN_METRIC.get(kind, "")
+    if kind not in METRIC_KINDS:
+        raise ValueError(f"unknown metric kind {kind!r}; valid kinds: {', '.join(METRIC_KINDS)}")
+    if metric not in PER_QUESTION or metric not in KIND_METRICS[kind]:
+        raise ValueError(f"{metric!r} is not a per-question mean of a {kind} task "
+                         f"(per-question metrics: {', '.join(sorted(PER_QUESTION & set(KIND_METRICS[kind])))})")
+    if kind == "classification":
+        if labels is None:
+            raise ValueError("classification scoring requires labels")
+        y_true, y_pred = _label_ids(golds, preds, labels)
+        return (y_true == y_pred).astype(float)
+    if kind == "rating":
+        low, high = (float(labels[0]), float(labels[-1])) if labels else (1.0, 5.0)
+        return np.abs(_rating_errors(golds, preds, low, high))
+    r1, rl = _rouge_per_question(golds, preds)
+    return r1 if metric == "rouge-1" else rl
+

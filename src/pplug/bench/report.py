@@ -12,10 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pplug.bench.targets import check_targets, targets_markdown
-from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
+import numpy as np
 
-METRICS = {"classification": ["accuracy", "f1"], "rating": ["mae", "rmse"], "generation": ["rouge-1", "rouge-L"]}
+from pplug.bench.targets import check_targets, targets_markdown
+from pplug.data._json import read_json
+from pplug.data.lamp import parse_outputs
+from pplug.metrics import HIGHER_IS_BETTER, KIND_METRICS, MAIN_METRIC, per_question
 
 
 def spec_dir(spec: str) -> str:
@@ -45,13 +47,40 @@ def interleaved_latency(out: Path) -> dict[str, float] | None:
     return {Path(run).name: r["mean"] for run, r in runs.items()}
 
 
+def preds_path(out: Path, method: str, split: str) -> Path:
+    """Where a row's predictions on ``split`` are: its run's ``preds_<split>.json``, the plain run's
+    ``preds_<split>_swap.json`` for a swap diagnostic, ``OUT/heuristics/preds_<split>_<name>.json`` for a
+    heuristic (written by the bench)."""
+    if method.startswith("heuristic:"):
+        return out / "heuristics" / f"preds_{split}_{spec_dir(method.removeprefix('heuristic:'))}.json"
+    if ":swap_history" in method:
+        return out / "runs" / plain_spec_dir(method) / f"preds_{split}_swap.json"
+    return out / "runs" / spec_dir(method) / f"preds_{split}.json"
+
+
+def question_scores(out: Path, task, split: str, golds: dict[str, str],
+                    methods: list[str]) -> dict[str, np.ndarray]:
+    """{row method: per-question main-metric values} for every row whose predictions file in ``out`` covers
+    exactly the questions of ``golds`` (in that order); rows without such a file are left out (their
+    verdicts then carry no interval)."""
+    ids = list(golds)
+    gold_list = [golds[i] for i in ids]
+    scores: dict[str, np.ndarray] = {}
+    for method in methods:
+        path = preds_path(out, method, split)
+        if not path.is_file():
+            continue
+        _, preds = parse_outputs(read_json(path), path)
+        if set(preds) != set(ids):  # e.g. a run reused from a bench with another --limit
+            continue
+        scores[method] = per_question(task.kind, gold_list, [preds[i] for i in ids], task.labels)
+    return scores
+
+
 def labels_used(out: Path, spec: str, split: str) -> int | None:
     """Classification: how many distinct labels a method predicted on the evaluation split (a collapse to
     the frequent labels shows here), read from the predictions file its run wrote; None if absent."""
-    if ":swap_history" in spec:
-        path = out / "runs" / plain_spec_dir(spec) / f"preds_{split}_swap.json"
-    else:
-        path = out / "runs" / spec_dir(spec) / f"preds_{split}.json"
+    path = preds_path(out, spec, split)
     if not path.is_file():
         return None
     return len({g["output"] for g in json.loads(path.read_text())["golds"]})
@@ -89,7 +118,7 @@ def _label(row: dict[str, Any]) -> str:
 
 def summary_table(kind: str, rows: list[dict[str, Any]], split: str, interleaved: dict[str, float] | None) -> str:
     """A compact table: method, the task's two metrics, n, mean latency, train seconds."""
-    metrics = METRICS[kind]
+    metrics = KIND_METRICS[kind]
     head = ["method", *metrics, f"n {split}", "latency s", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     starred = False
@@ -110,7 +139,7 @@ def summary_table(kind: str, rows: list[dict[str, Any]], split: str, interleaved
 
 def full_table(kind: str, rows: list[dict[str, Any]], split: str) -> str:
     """Every measured column: metrics, labels used, n, train/onboard seconds, per-user state, latency, memory."""
-    metrics, spread = METRICS[kind], kind == "classification"
+    metrics, spread = KIND_METRICS[kind], kind == "classification"
     head = ["method", *metrics, *(["labels used"] if spread else []), f"n {split}", "train s",
             "onboard s/user", "state/user", "latency mean s", "latency p95 s", "prompt tokens", "peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -128,14 +157,22 @@ def full_table(kind: str, rows: list[dict[str, Any]], split: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, task, cfg, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``results.json``, ``results.md`` and ``results.png`` for the rows so far; returns the JSON object."""
+def write_results(out: Path, task, cfg, rows: list[dict[str, Any]],
+                  golds: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and ``results.png`` for the rows so far; returns the JSON object.
+
+    Args:
+        golds: the evaluation questions' golds (id -> output); with them, pairwise target verdicts carry a
+            paired-bootstrap interval computed from the rows' prediction files (`question_scores`).
+    """
     if task.kind == "classification":
         for r in rows:
             if r.get("status") == "ok" and not r["method"].startswith("heuristic:"):
                 r["labels_used"] = labels_used(out, r["method"], cfg.split)
     interleaved = interleaved_latency(out)
-    verdicts = check_targets(task.kind, rows, interleaved)
+    ok = [r["method"] for r in rows if r.get("status") == "ok"]
+    scores = question_scores(out, task, cfg.split, golds, ok) if golds else None
+    verdicts = check_targets(task.kind, rows, interleaved, scores)
     failed = [r["method"] for r in rows if r.get("status") != "ok"]
     result = {"task": task.name, "data": cfg.data, "config": asdict(cfg), "rows": rows, "targets": verdicts,
               "failed": failed}

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pplug.bench.report import spec_dir, write_results
+from pplug.bench.report import preds_path, spec_dir, write_results
 from pplug.data import load_split, resolve_task
+from pplug.data.lamp import write_predictions
 from pplug.errors import PPlugError
 from pplug.heuristics import heuristic_predictions
 from pplug.scoring import score_predictions
@@ -66,6 +67,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         say(f"note: {', '.join(long)} fine-tune the backbone (OPPU also one adapter per test user): hours on a CPU "
             f"with full data; bound them with --train-limit/--users or leave them out of --methods")
     heuristics = heuristic_rows(cfg, task)  # once: for generation it loads the encoder and encodes the test set
+    golds = load_split(cfg.data, cfg.split, task.name).limit(cfg.limit).golds  # paired intervals of the verdicts
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for i, spec in enumerate(cfg.methods, 1):
@@ -90,8 +92,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             say(f"{spec} FAILED (exit {code}); last lines of {log}:\n    " + "\n    ".join(tail or [reason]))
         row["wall_seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        write_results(out, task, cfg, rows + heuristics)
-    return write_results(out, task, cfg, rows + heuristics)
+        write_results(out, task, cfg, rows + heuristics, golds)
+    return write_results(out, task, cfg, rows + heuristics, golds)
 
 
 def check_specs(cfg: BenchConfig) -> None:
@@ -163,7 +165,10 @@ def heuristic_rows(cfg: BenchConfig, task) -> list[dict[str, Any]]:
         encode = lambda texts: enc.encode(texts).numpy()  # noqa: E731
     rows = []
     for name, preds in heuristic_predictions(task, train, test, encode).items():
-        rows.append({"method": f"heuristic:{name}", "status": "ok", "test_questions": len(test),
+        method = f"heuristic:{name}"
+        write_predictions(preds_path(Path(cfg.out), method, cfg.split), task.lamp_field,
+                          [{"id": i, "output": o} for i, o in preds.items()])
+        rows.append({"method": method, "status": "ok", "test_questions": len(test),
                      "metrics": score_predictions(task, test.golds, preds)})
         if task.kind == "classification":
             rows[-1]["labels_used"] = len(set(preds.values()))
