@@ -192,7 +192,6 @@ def score(
     return generation_metrics(golds, preds)
 
 
-
 def per_question(kind: str, golds: Sequence[str], preds: Sequence[str], labels: Sequence[str] | None = None,
                  metric: str | None = None) -> np.ndarray:
     """The per-question values whose mean is ``metric`` (default: the kind's main metric).
@@ -217,4 +216,3 @@ def per_question(kind: str, golds: Sequence[str], preds: Sequence[str], labels: 
         return np.abs(_rating_errors(golds, preds, low, high))
     r1, rl = _rouge_per_question(golds, preds)
     return r1 if metric == "rouge-1" else rl
-

@@ -66,8 +66,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if long and cfg.train_limit is None:
         say(f"note: {', '.join(long)} fine-tune the backbone (OPPU also one adapter per test user): hours on a CPU "
             f"with full data; bound them with --train-limit/--users or leave them out of --methods")
-    heuristics = heuristic_rows(cfg, task)  # once: for generation it loads the encoder and encodes the test set
-    golds = load_split(cfg.data, cfg.split, task.name).limit(cfg.limit).golds  # paired intervals of the verdicts
+    evaluated = load_split(cfg.data, cfg.split, task.name).limit(cfg.limit)  # the questions every row is scored on
+    heuristics = heuristic_rows(cfg, task, evaluated)  # once: for generation it loads the encoder, encodes the split
+    golds = evaluated.golds  # the verdicts' paired intervals are computed on these
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for i, spec in enumerate(cfg.methods, 1):
@@ -150,10 +151,10 @@ def log_tail(log: Path, lines: int = 15) -> list[str]:
     return [ln for ln in kept if ln.strip()][-lines:]
 
 
-def heuristic_rows(cfg: BenchConfig, task) -> list[dict[str, Any]]:
-    """Non-LLM reference rows on the same evaluation questions (generation: nearest item by encoder cosine)."""
+def heuristic_rows(cfg: BenchConfig, task, test) -> list[dict[str, Any]]:
+    """Non-LLM reference rows on the evaluation questions ``test`` (generation: nearest item by encoder cosine);
+    their predictions are written where `preds_path` looks for them."""
     train = load_split(cfg.data, "train", task.name)
-    test = load_split(cfg.data, cfg.split, task.name).limit(cfg.limit)
     encode = None
     if task.kind == "generation":
         from pplug.config import config_from_spec
