@@ -96,3 +96,57 @@ def test_bench_refuses_unknown_methods_and_fields_before_running(tmp_path, capsy
             main(["bench", "--data", str(data), "--out", str(tmp_path / "b"), "--methods", methods])
         assert e.value.code == 2 and fragment in capsys.readouterr().err
         assert not (tmp_path / "b" / "runs").exists()
+
+
+def test_bench_reuses_a_row_only_for_the_same_settings(tmp_path, tiny_llama_dir, tiny_bert_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PPLUG_CACHE", str(tmp_path / "cache"))
+    data = synthesize(tmp_path / "data", SynthConfig(n_train_users=2, n_dev_users=1, n_test_users=3, min_profile=3,
+                                                     max_profile=4))["synth_topic"]
+    sets = [f"backbone.name_or_path={tiny_llama_dir}", f"encoder.name_or_path={tiny_bert_dir}", "train.max_steps=1",
+            "train.augment_copies=0", "train.progress=false"]
+    out = tmp_path / "bench"
+    weights = out / "runs" / "pplug" / "model.safetensors"
+
+    def bench(limit: int, *extra: str) -> dict:
+        argv = ["bench", "--data", str(data), "--out", str(out), "--limit", str(limit), "--latency-questions", "1",
+                "--methods", "pplug", *extra]
+        run_cli(argv, sets + [s for s in extra if "=" in s])
+        return {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+
+    assert bench(2)["pplug"]["test_questions"] == 2
+    trained_at = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    assert bench(2)["pplug"]["test_questions"] == 2  # same settings: the row is reused
+    assert "reusing" in capsys.readouterr().err
+    rows = bench(3)  # a larger --limit: evaluated again, the finished training is not redone
+    err = capsys.readouterr().err
+    assert rows["pplug"]["test_questions"] == 3 and "limit: 2 -> 3" in err and "from scratch" not in err
+    assert weights.stat().st_mtime_ns == trained_at
+    run_cli(["bench", "--data", str(data), "--out", str(out), "--limit", "3", "--latency-questions", "1",
+             "--methods", "pplug"], sets + ["train.lr=0.01"])  # other training settings: trained again
+    err = capsys.readouterr().err
+    assert "trained with other settings (train.lr: 0.001 -> 0.01)" in err and weights.stat().st_mtime_ns != trained_at
+    assert json.loads((out / "runs" / "pplug" / "config.json").read_text())["train"]["lr"] == 0.01
+    retrained_at = weights.stat().st_mtime_ns
+    run_cli(["bench", "--data", str(data), "--out", str(out), "--limit", "3", "--latency-questions", "1",
+             "--methods", "pplug", "--fresh"], sets + ["train.lr=0.01"])
+    assert "--fresh: training from scratch" in capsys.readouterr().err and weights.stat().st_mtime_ns != retrained_at
+
+
+def test_resume_decision_ignores_runtime_settings(tmp_path):
+    from pplug.bench.worker import resume_decision
+    from pplug.config import RunConfig
+
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    saved = RunConfig(method="oppu", task="synth_topic")
+    saved.save(run / "config.json")
+    assert resume_decision(saved, tmp_path / "elsewhere", fresh=False) == (True, None)  # nothing kept
+    same = RunConfig(method="oppu", task="synth_topic")
+    same.decode.max_new_tokens, same.decode.label_prior, same.lora.users, same.device = 5, "auto", 3, "cpu"
+    assert resume_decision(same, run, fresh=False) == (True, None)
+    assert resume_decision(same, run, fresh=True)[0] is False
+    other = RunConfig(method="oppu", task="synth_topic")
+    other.lora.task_lr = 0.5
+    resume, why = resume_decision(other, run, fresh=False)
+    assert resume is False and "lora.task_lr" in why

@@ -75,17 +75,24 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         say(f"[{i}/{len(cfg.methods)}] {spec} (bench running {_clock(time.perf_counter() - started)})")
         run_dir = out / "runs" / spec_dir(spec)
         result_file = run_dir / "bench_result.json"
+        key = row_key(cfg, spec)
         if result_file.is_file() and not cfg.fresh:
-            say(f"{spec}: reusing {result_file} (--fresh to rerun)")
-            rows.append(json.loads(result_file.read_text()))
-            continue
+            saved = json.loads(result_file.read_text())
+            changed = key_changes(saved.get("bench_key"), key)
+            if not changed:
+                say(f"{spec}: reusing {result_file} (--fresh to rerun)")
+                rows.append(saved)
+                continue
+            say(f"{spec}: its result in {result_file} was made with other bench settings ({changed}): running it "
+                f"again (a finished training with the same settings is only evaluated again)")
         cmd = [sys.executable, "-m", "pplug.bench.worker", "--spec", spec, "--data", cfg.data, "--run", str(run_dir),
                "--bench-config", json.dumps(asdict(cfg))]
         log = out / "logs" / f"{spec_dir(spec)}.log"
         t0 = time.perf_counter()
         code = stream(cmd, log, cfg.timeout)
         if code == 0 and result_file.is_file():
-            row = json.loads(result_file.read_text())
+            row = {**json.loads(result_file.read_text()), "bench_key": key}
+            result_file.write_text(json.dumps(row, indent=1))
         else:
             tail = log_tail(log)
             reason = f"timed out after {cfg.timeout} s" if code is None else (tail[-1] if tail else "unknown error")
@@ -95,6 +102,21 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         rows.append(row)
         write_results(out, task, cfg, rows + heuristics, golds)
     return write_results(out, task, cfg, rows + heuristics, golds)
+
+
+def row_key(cfg: BenchConfig, spec: str) -> dict[str, Any]:
+    """What a method's row depends on besides its run folder: a saved row is reused only when this is unchanged."""
+    return {"spec": spec, "data": str(Path(cfg.data).resolve()), "split": cfg.split, "limit": cfg.limit,
+            "train_limit": cfg.train_limit, "dev_limit": cfg.dev_limit, "users": cfg.users,
+            "overrides": list(cfg.overrides), "latency_questions": cfg.latency_questions}
+
+
+def key_changes(saved: dict[str, Any] | None, key: dict[str, Any]) -> str:
+    """'' when a saved row's key equals ``key``; otherwise what changed, for the log line."""
+    if saved is None:
+        return "no record of the settings it ran with"
+    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in key.items() if saved.get(k) != v]
+    return "; ".join(changed)
 
 
 def check_specs(cfg: BenchConfig) -> None:

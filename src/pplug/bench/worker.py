@@ -4,6 +4,10 @@ OPPU's first stage is exactly ``task-lora`` (same data, LoRA and training settin
 already trained ``task-lora`` with an identical configuration, its task adapter and checkpoint are copied
 into the OPPU run instead of training them again (the train seconds carried over are the original ones).
 
+A method's run folder is resumed from its kept checkpoint (a finished run is then only evaluated again, e.g. on
+a larger ``--limit``) only when it was trained with the same settings; otherwise, and with ``--fresh``, it is
+trained again from scratch (`resume_decision`).
+
 Writes ``RUN/bench_result.json``. Called by ``pplug.bench.run``; not meant to be run by hand.
 """
 
@@ -23,8 +27,9 @@ from pplug.config import RunConfig, config_from_spec
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
 from pplug.kind_defaults import resolve_per_kind
+from pplug.methods.lora import USERS_DIR
 from pplug.resources import Resources
-from pplug.runner import eval_run, load_run, peak_rss_mb, train_run
+from pplug.runner import RUNTIME_FIELDS, RUNTIME_SECTIONS, eval_run, load_run, peak_rss_mb, train_run
 
 
 def latency_summary(times: list[float]) -> dict[str, float | None]:
@@ -78,6 +83,45 @@ def share_task_stage(cfg, run_dir: Path) -> str | None:
     return None
 
 
+def training_settings(config: dict[str, Any]) -> dict[str, str]:
+    """A saved run config flattened to ``{"section.field": value}`` without what may change after training.
+
+    Dropped: the runtime sections and fields (decoding, retrieval, device, dtypes: `pplug.runner`), the
+    progress bar and OPPU's user count (adapters are onboarded lazily per user).
+    """
+    skip = {*RUNTIME_FIELDS, "train.progress", "lora.users"}
+    flat: dict[str, str] = {}
+    for section, value in config.items():
+        if section in RUNTIME_SECTIONS:
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, v in items:
+            key = section if name is None else f"{section}.{name}"
+            if key not in skip:
+                flat[key] = json.dumps(v, sort_keys=True)
+    return flat
+
+
+def resume_decision(cfg: RunConfig, run_dir: Path, fresh: bool) -> tuple[bool, str | None]:
+    """Whether to resume ``run_dir``'s kept training state, and the reason when not.
+
+    A checkpoint left by a run with other training settings (another ``--set``, ``--train-limit``...) is never
+    resumed: its weights would be reported under the new settings. ``--fresh`` always trains again.
+    """
+    if fresh:
+        return False, "--fresh: training from scratch"
+    saved = run_dir / "config.json"
+    if not (run_dir / "checkpoint").is_dir() or not saved.is_file():
+        return True, None
+    theirs, ours = training_settings(RunConfig.load(saved).to_dict()), training_settings(cfg.to_dict())
+    changed = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {theirs.get(k, '-')} -> {ours.get(k, '-')}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        return False, f"the kept run was trained with other settings ({shown}{more}): training from scratch"
+    return True, None
+
+
 def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str, Any]:
     if bench.get("threads"):
         import torch
@@ -98,6 +142,11 @@ def run(spec: str, data: str, run_dir: Path, bench: dict[str, Any]) -> dict[str,
     else:
         cfg.task = cfg.task or resolve_task(data)
         resolve_per_kind(cfg)  # before comparing with a saved task-lora config (which holds concrete values)
+        resume, why_not = resume_decision(cfg, run_dir, bool(bench.get("fresh")))
+        if not resume:  # the kept state (and OPPU's user adapters built on it) would mix with the new run
+            print(f"[bench] {spec}: {why_not}", flush=True)
+            for stale in ("checkpoint", USERS_DIR):
+                shutil.rmtree(run_dir / stale, ignore_errors=True)
         shared = share_task_stage(cfg, run_dir)
         report = train_run(cfg, run_dir, resources, resume=True, keep_checkpoint=True)  # resume + OPPU sharing
         if shared:
