@@ -150,3 +150,26 @@ def test_resume_decision_ignores_runtime_settings(tmp_path):
     other.lora.task_lr = 0.5
     resume, why = resume_decision(other, run, fresh=False)
     assert resume is False and "lora.task_lr" in why
+
+
+def test_generation_heuristic_encodes_through_the_embedding_cache(tmp_path, tiny_bert_dir, monkeypatch):
+    from pplug.bench.run import BenchConfig, heuristic_rows
+    from pplug.data import load_split
+    from pplug.embedding_cache import EmbeddingCache
+    from pplug.encoders import EncoderConfig, load_encoder
+    from pplug.tasks import get_task
+
+    monkeypatch.setenv("PPLUG_CACHE", str(tmp_path / "cache"))
+    data = synthesize(tmp_path / "data", SynthConfig(n_train_users=2, n_dev_users=1, n_test_users=2, min_profile=3,
+                                                     max_profile=4))["synth_title"]
+    task = get_task("synth_title")
+    test = load_split(data, "test", task.name)
+    cfg = BenchConfig(data=str(data), methods=["pplug"], out=str(tmp_path / "b"),
+                      overrides=[f"encoder.name_or_path={tiny_bert_dir}"])
+    rows = heuristic_rows(cfg, task, test)
+    assert [r["method"] for r in rows] == ["heuristic:user-nearest-item"] and rows[0]["test_questions"] == len(test)
+    name = load_encoder(EncoderConfig(name_or_path=str(tiny_bert_dir))).name
+    items = [task.render_item(it) for q in test.questions for it in q.profile]
+    with EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite", name) as cache:  # what PPlug's run reads back
+        assert all(v is not None for v in cache.get_many(items))
+    assert heuristic_rows(cfg, task, test)[0]["metrics"] == rows[0]["metrics"]  # from the cache: same figures

@@ -115,3 +115,21 @@ def test_most_recent_by_date_else_file_order():
     undated = [item(i, "x", None) for i in range(4)]
     assert most_recent(undated, 2) == [2, 3] and most_recent(undated, 0) == [0, 1, 2, 3]
     assert by_recency(dated) == [1, 3, 0, 2]
+
+
+def test_rag_prompt_can_show_only_the_users_past_outputs(tiny_tokenizer):
+    alice = Question("qa", "Generate a title for the following article: cat news", PROFILE[:2], "alice")
+    whole = RagPrompter(TASK, BM25Retriever(TASK), k=4, item_tokens=400, tokenizer=tiny_tokenizer).text(alice)
+    outputs = RagPrompter(TASK, BM25Retriever(TASK), k=4, item_tokens=400, tokenizer=tiny_tokenizer,
+                          show="output").text(alice)
+    shown = outputs[: outputs.index(alice.input)]
+    assert "title 0" in shown and "title 1" in shown and len(outputs) < len(whole)
+    for it in PROFILE[:2]:  # the items' other fields are left out
+        assert all(w not in shown for w in str(it.fields["text"]).split() if w not in {"cat", "title"})
+    assert outputs.endswith(alice.input)
+    from pplug.config import RunConfig, apply_override, validate
+
+    config = RunConfig()
+    apply_override(config, "retrieval.show=abstract")
+    with pytest.raises(Exception, match="show"):
+        validate(config)

@@ -41,11 +41,16 @@ class DecodeConfig:
         return {"classification": 8, "rating": 4}.get(kind, 32)
 
 
+RETRIEVAL_SHOWS = ("example", "output")
+
+
 @dataclass
 class RetrievalConfig:
     retriever: str = "bm25"  # bm25 | dense | recency
     k: int = 4  # retrieved history items in the prompt
     item_tokens: int = 384  # token budget shared by the retrieved items (each gets budget // k)
+    show: str = "example"  # how a retrieved item is shown: example (its input and output, LaMP's format) |
+    # output (only the user's own past output: her title, headline, label; short prompts)
 
 
 LORA_METHODS = ("task-lora", "task-lora-rag", "oppu", "oppu-rag")  # the methods whose training reads `lora`
@@ -181,7 +186,8 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
     "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
                "classify": one_of("generate", "rank"), "label_prior": prior_weight,
                "prior_smoothing": at_least(0)},
-    "retrieval": {"retriever": one_of(*RETRIEVERS), "k": at_least(0), "item_tokens": at_least(1)},
+    "retrieval": {"retriever": one_of(*RETRIEVERS), "k": at_least(0), "item_tokens": at_least(1),
+                  "show": one_of(*RETRIEVAL_SHOWS)},
     "lora": {"r": at_least(1), "alpha": above(0), "dropout": between(0, 1), "task_target_modules": non_empty,
              "target_modules": non_empty, "task_epochs": at_least(1), "task_lr": above(0),
              "task_weight_decay": at_least(0), "task_warmup": between(0, 1), "task_clip": at_least(0),

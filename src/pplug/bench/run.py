@@ -181,10 +181,14 @@ def heuristic_rows(cfg: BenchConfig, task, test) -> list[dict[str, Any]]:
     if task.kind == "generation":
         from pplug.config import config_from_spec
         from pplug.devices import resolve_device
-        from pplug.encoders import load_encoder
+        from pplug.resources import Resources
 
         run_cfg = config_from_spec("zero-shot", cfg.data, cfg.overrides)
-        enc = load_encoder(run_cfg.encoder, resolve_device(run_cfg.device)).freeze()
+        # the history encoder behind the on-disk embedding cache, as PPlug's: what is encoded here once (all
+        # texts in one length-sorted pass, less padding than question by question) PPlug's run then reads back
+        enc = Resources().encoder(run_cfg.encoder, resolve_device(run_cfg.device))
+        enc.encode([task.render_item(it) for q in test.questions for it in q.profile]
+                   + [task.query(q.input) for q in test.questions], show_progress=True)
         encode = lambda texts: enc.encode(texts).numpy()  # noqa: E731
     rows = []
     for name, preds in heuristic_predictions(task, train, test, encode).items():

@@ -58,11 +58,20 @@ def _water_fill(lengths: list[int], room: int) -> list[int]:
     return budget
 
 
+def show_item(task: Task, item: HistoryItem, tokenizer, n: int, show: str = "example") -> str:
+    """A retrieved item as shown in a prompt (``retrieval.show``): the whole example in about ``n`` tokens
+    (`fit_example`), or only the user's own output (``output``: her past title, headline or label)."""
+    if show == "output":
+        return truncate_tokens(tokenizer, str(item.fields[task.pair_output]).strip(), n)
+    return fit_example(task, item, tokenizer, n)
+
+
 class RagPrompter:
     """Builds the user-turn text: the k retrieved items of the user's own profile, then the input."""
 
-    def __init__(self, task: Task, retriever: Retriever | None, k: int, item_tokens: int, tokenizer):
-        self.task, self.retriever, self.k = task, retriever, k
+    def __init__(self, task: Task, retriever: Retriever | None, k: int, item_tokens: int, tokenizer,
+                 show: str = "example"):
+        self.task, self.retriever, self.k, self.show = task, retriever, k, show
         self.per_item = max(8, item_tokens // max(1, k))
         self.tokenizer = tokenizer
 
@@ -70,7 +79,7 @@ class RagPrompter:
         if self.retriever is None or self.k <= 0:
             return self.task.prompt(question.input)
         items = self.retriever.retrieve(self.task.query(question.input), question.profile, self.k, before)
-        shown = [fit_example(self.task, it, self.tokenizer, self.per_item) for it in items]
+        shown = [show_item(self.task, it, self.tokenizer, self.per_item, self.show) for it in items]
         return self.task.prompt(question.input, shown)
 
 
@@ -136,7 +145,7 @@ class PromptMethod:
         encoder = resources.encoder(config.encoder, device) if retriever == "dense" else None
         r = build_retriever(retriever, self.task, encoder) if retriever else None
         self.prompter = RagPrompter(self.task, r, config.retrieval.k, config.retrieval.item_tokens,
-                                    self.backbone.tokenizer)
+                                    self.backbone.tokenizer, config.retrieval.show)
 
     def fit(self, train, dev, run_dir: Path) -> dict[str, Any]:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

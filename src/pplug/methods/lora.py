@@ -209,8 +209,8 @@ class LoraMethod:
             encoder = (resources or Resources()).encoder(config.encoder, self.device) if r == "dense" else None
             retriever = build_retriever(r, self.task, encoder)
         tok, ret = self.backbone.tokenizer, config.retrieval
-        self.prompter = RagPrompter(self.task, retriever, ret.k if rag else 0, ret.item_tokens, tok)
-        self.user_prompter = RagPrompter(self.task, retriever, 1, ret.item_tokens, tok) if rag else None
+        self.prompter = RagPrompter(self.task, retriever, ret.k if rag else 0, ret.item_tokens, tok, ret.show)
+        self.user_prompter = RagPrompter(self.task, retriever, 1, ret.item_tokens, tok, ret.show) if rag else None
         self.user_seconds: dict[str, float] = {}
         self.last_report: dict[str, list[str]] = {}
 

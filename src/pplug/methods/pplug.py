@@ -142,10 +142,15 @@ class PPlugMethod:
     def _prefixes(self, questions: Sequence[Question], profiles: list[list[HistoryItem]]) -> list[str]:
         if self.retriever is None:
             return ["" for _ in questions]
-        out = []
+        out, show = [], self.config.retrieval.show
         for q, p in zip(questions, profiles, strict=True):
             top = self.retriever.retrieve(self.task.query(q.input), p, k=1)
-            out.append(self.task.render_example(top[0]) if top else "")
+            if not top:
+                out.append("")
+            elif show == "output":  # retrieval.show: only the user's own past output
+                out.append(str(top[0].fields[self.task.pair_output]).strip())
+            else:
+                out.append(self.task.render_example(top[0]))
         return out
 
     def _forward(self, questions: Sequence[Question], profiles: list[list[HistoryItem]],
