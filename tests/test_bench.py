@@ -173,3 +173,13 @@ def test_generation_heuristic_encodes_through_the_embedding_cache(tmp_path, tiny
     with EmbeddingCache(tmp_path / "cache" / "embeddings.sqlite", name) as cache:  # what PPlug's run reads back
         assert all(v is not None for v in cache.get_many(items))
     assert heuristic_rows(cfg, task, test)[0]["metrics"] == rows[0]["metrics"]  # from the cache: same figures
+
+
+def test_methods_split_keeps_a_specs_several_settings_together():
+    from pplug.cli.bench_cmd import split_specs
+
+    assert split_specs("zero-shot, rag-bm25@retrieval.show=output,retrieval.k=8,pplug:swap_history,,"
+                       "pplug@plug.placement=after_text") == [
+        "zero-shot", "rag-bm25@retrieval.show=output,retrieval.k=8", "pplug:swap_history",
+        "pplug@plug.placement=after_text"]
+    assert split_specs("train.lr=1,pplug") == ["train.lr=1", "pplug"]  # no spec to continue: refused later

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -38,13 +39,13 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           ) -> None:
     """Train what needs training (train split), select on dev, evaluate on test; one row per method plus
     non-LLM heuristic rows. A failing method is reported as failed and the others still run. Runs are
-    resumed from their last epoch checkpoint when the same --out is used again. Each method's output is
-    streamed and kept in OUT/logs/<method>.log; the exit code is 1 when any method failed (results are
-    still written)."""
+    reused when the same --out is used again with the same settings (a larger --limit only re-evaluates).
+    Each method's output is streamed and kept in OUT/logs/<method>.log; the exit code is 1 when any method
+    failed (results are still written)."""
     from pplug.bench import BenchConfig, run_bench
 
     apply_quiet(quiet)
-    cfg = BenchConfig(data=str(data), methods=[m.strip() for m in methods.split(",") if m.strip()], out=str(out),
+    cfg = BenchConfig(data=str(data), methods=split_specs(methods), out=str(out),
                       limit=limit, split=split, train_limit=train_limit, dev_limit=dev_limit, users=users,
                       latency_questions=latency_questions, overrides=[*device_overrides(device, dtype), *(set_ or [])],
                       threads=threads, fresh=fresh)
@@ -62,3 +63,20 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
 
 def register(app: typer.Typer) -> None:
     app.command()(bench)
+
+
+FIELD_SET = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*\s*=")
+
+
+def split_specs(text: str) -> list[str]:
+    """``--methods`` into specs: ``a,pplug@plug.x=1,train.y=2,b`` -> ``[a, pplug@plug.x=1,train.y=2, b]``
+    (a comma followed by ``section.field=`` continues the previous spec's ``@`` settings)."""
+    specs: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if specs and "@" in specs[-1] and FIELD_SET.match(part):
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
