@@ -90,3 +90,28 @@ def test_bad_config_is_refused():
         PlugConfig(ablation="nope")
     with pytest.raises(ValueError):
         PlugConfig(n_persona_tokens=0)
+
+
+def test_centered_persona_removes_the_average_users_persona():
+    torch.manual_seed(0)
+    cfg = PlugConfig(n_persona_tokens=2, center_persona=True, center_momentum=0.5, normalize_soft=False,
+                     learn_gain=False)
+    plug = PersonaPlug(cfg, 8, 16, target_norm=1.0)
+    q, h, m = _inputs()
+    plain = PersonaPlug(PlugConfig(n_persona_tokens=2, normalize_soft=False, learn_gain=False), 8, 16, 1.0)
+    plain.load_state_dict({k: v for k, v in plug.state_dict().items() if not k.startswith("persona_mean")})
+    raw = plain(q, h, m).soft[:, 1:]  # [3, 2, 16] uncentered personas
+    plug.train()
+    first = plug(q, h, m).soft[:, 1:]  # the first batch sets the mean: the users with items average to zero
+    assert torch.allclose(first[:2].mean(dim=0), torch.zeros(2, 16), atol=1e-5)
+    assert torch.allclose(first[2], raw[2])  # a user with no history is left as is (masked out anyway)
+    assert torch.allclose(plug.persona_mean, raw[:2].mean(dim=0))
+    plug(q[:1], h[:1], m[:1])  # a later batch moves the running mean by center_momentum
+    assert torch.allclose(plug.persona_mean, 0.5 * raw[:2].mean(dim=0) + 0.5 * raw[0], atol=1e-5)
+    plug.eval()
+    frozen = plug.persona_mean.clone()
+    assert torch.allclose(plug(q, h, m).soft[:2, 1:], raw[:2] - frozen, atol=1e-5)  # eval: no update
+    assert torch.equal(plug.persona_mean, frozen) and "persona_mean" in plug.state_dict()
+    assert "persona_mean" not in plain.state_dict()  # off by default: old weight files load unchanged
+    first.sum().backward()  # gradients flow through the centered persona
+    assert plug.proj[0].weight.grad is not None

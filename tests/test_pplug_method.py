@@ -210,3 +210,25 @@ def test_loss_is_the_token_mean_over_the_batch(synth, tiny_backbone_dir, tiny_be
     with torch.no_grad():
         weighted = method._loss(batch)
     assert weighted.item() == pytest.approx(((3 * nll[0] + nll[1]) / (3 * n[0] + n[1])).item(), rel=1e-5)
+
+
+def test_pplug_rag_can_show_only_the_top_items_output(synth, tiny_backbone_dir, tiny_bert_dir):
+    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    cfg.task, cfg.method, cfg.retrieval.show = "synth_title", "pplug-rag", "output"
+    method = PPlugMethod(cfg, Resources(None))
+    qs = load_split(cfg.data, "test").questions[:3]
+    for q, pre in zip(qs, method._prefixes(qs, [q.profile for q in qs]), strict=True):
+        top = method.retriever.retrieve(method.task.query(q.input), q.profile, k=1)[0]
+        assert pre == str(top.fields["title"]).strip()  # her own past title, without its article
+
+
+def test_centered_persona_trains_saves_and_reloads(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    cfg = tiny_config(synth["synth_title"], tiny_llama_dir, tiny_bert_dir, center_persona=True)
+    res = Resources(None)
+    train_run(cfg, tmp_path / "run", res)
+    _, trained = load_run(tmp_path / "run", res)
+    mean = trained.plug.persona_mean
+    assert bool(trained.plug.persona_mean_set) and mean.abs().sum() > 0  # set while training, saved, reloaded
+    qs = load_split(cfg.data, "test").questions
+    assert [p.output for p in trained.predict(qs)] == [p.output for p in load_run(tmp_path / "run", res)[1].predict(qs)]
+    assert torch.equal(trained.plug.persona_mean, mean)  # prediction does not move it

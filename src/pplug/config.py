@@ -177,7 +177,7 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
                 "pooling": one_of(None, "mean", "cls"), "dtype": one_of(*DTYPES)},
     "plug": {"n_persona_tokens": at_least(1), "ablation": one_of(*ABLATIONS), "placement": one_of(None, *PLACEMENTS),
              "top_k": at_least(1), "temperature": above(0), "gain_init": above(0), "max_history": at_least(0),
-             "dtype": one_of(*TRAINABLE_DTYPES)},
+             "dtype": one_of(*TRAINABLE_DTYPES), "center_momentum": between(0, 1)},
     "train": {"epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup": between(0, 1),
               "batch_size": at_least(1), "grad_accum": at_least(1), "clip": at_least(0), "max_steps": at_least(1),
               "limit": at_least(0), "dev_limit": at_least(0), "augment_copies": at_least(0),

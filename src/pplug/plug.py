@@ -4,6 +4,7 @@
     q    = Enc_input(query(x))               trainable or frozen copy              [b, d_enc]
     w_i  = softmax_i(q . e_i / tau)          masked over padding; tau learnable   [b, n]
     P_u  = sum_i w_i Proj(e_i)               Proj: d_enc -> d_lm -> k*d_lm (GELU)  [b, k, d_lm]
+    (center_persona: P_u - mean persona over training users, a running mean; off by default)
     I    = Proj_I(I0)                        task instruction token               [1, d_lm]
     soft = [I; P_u], each token rescaled to the backbone's mean token-embedding norm (x learnable gain)
 
@@ -40,6 +41,10 @@ class PlugConfig:
     placement: str | None = None  # soft tokens before_text ([I; P_u; x], paper) or after_text ([x; I; P_u]:
     # decoder-only backbones then reuse the text's KV cache, computed once without grad; see docs/speed.md);
     # None = per task kind (pplug/kind_defaults.py: after_text for label tasks, before_text for generation)
+    center_persona: bool = False  # subtract the average user's persona (a running mean over training batches)
+    # before scaling: the persona tokens then carry only how this user differs from the average user (the
+    # instruction token carries what all users share); an answer to personas that collapse to one vector
+    center_momentum: float = 0.05  # update rate of that running mean (the first training batch sets it)
     dtype: str = "float32"  # compute dtype (torch.autocast) of the plug and a trained input encoder: float32 |
     # bfloat16; their weights stay float32 (see pplug.devices, docs/devices.md)
 
@@ -98,6 +103,21 @@ class PersonaPlug(nn.Module):
         self.instruction = nn.Parameter(torch.randn(d_enc) / math.sqrt(d_enc)) if config.use_instruction else None
         self.proj_instruction = mlp(d_enc, d_lm) if config.use_instruction else None
         self.gain = nn.Parameter(torch.full((config.n_soft,), float(config.gain_init)), requires_grad=config.learn_gain)
+        if config.center_persona and config.use_persona:  # saved with the weights (a buffer)
+            self.register_buffer("persona_mean", torch.zeros(k, d_lm))
+            self.register_buffer("persona_mean_set", torch.tensor(False))
+
+    def _center(self, persona: torch.Tensor, has_items: torch.Tensor) -> torch.Tensor:
+        """[b, k, d] personas minus the running mean persona (updated from this batch while training)."""
+        if self.training and bool(has_items.any()):
+            batch_mean = persona.detach()[has_items].float().mean(dim=0)  # [k, d]
+            if bool(self.persona_mean_set):
+                self.persona_mean.lerp_(batch_mean, self.config.center_momentum)
+            else:
+                self.persona_mean.copy_(batch_mean)
+                self.persona_mean_set.fill_(True)
+        centered = persona - self.persona_mean.to(persona.dtype)
+        return torch.where(has_items.view(-1, 1, 1), centered, persona)
 
     def aggregate_weights(self, query: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Input-aware weights over the history.
@@ -154,8 +174,10 @@ class PersonaPlug(nn.Module):
                 weights = self.aggregate_weights(q, hist, mask)  # [b, n]
                 projected = self.proj(hist).view(b, hist.shape[1], k, self.d_lm)  # [b, n, k, d_lm]
                 persona = torch.einsum("bn,bnkd->bkd", weights, projected)  # [b, k, d_lm]
-            parts.append(persona)
             has_items = mask.any(dim=1) if mask.numel() else torch.zeros(b, dtype=torch.bool, device=hist.device)
+            if self.config.center_persona:
+                persona = self._center(persona, has_items)
+            parts.append(persona)
             masks.append(has_items.view(b, 1).expand(b, k))
         soft = self._scale(torch.cat(parts, dim=1))
         return PlugOutput(soft=soft, soft_mask=torch.cat(masks, dim=1), weights=weights)
