@@ -13,7 +13,16 @@ from pplug.config import ConfigError, RunConfig, validate
 from pplug.data import load_split
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.heuristics import user_majority
-from pplug.label_prior import PRIOR_ALONE, combine, prior_log_probs, resolve_auto, tune_on_dev
+from pplug.label_prior import (
+    PRIOR_ALONE,
+    SHIFT_GRID,
+    combine,
+    label_marginal,
+    prior_log_probs,
+    resolve_auto,
+    shift_vector,
+    tune_on_dev,
+)
 from pplug.methods.base import Prediction
 from pplug.resources import Resources
 from pplug.runner import eval_run, train_run
@@ -129,3 +138,75 @@ def test_label_prior_override_parses_numbers_and_auto():
     assert cfg.decode.label_prior == 4.0 and not isinstance(cfg.decode.label_prior, str)
     apply_override(cfg, "decode.label_prior=auto")
     assert validate(cfg).decode.label_prior == "auto"
+
+
+def test_label_marginal_averages_each_label_over_the_rows_that_allow_it():
+    rows = [{"a": math.log(0.8), "b": math.log(0.2)}, {"a": math.log(0.4), "b": math.log(0.6)},
+            {"a": math.log(0.5), "c": math.log(0.5)}]  # the third question allows a and c only
+    m = label_marginal(rows)
+    assert {k: math.exp(v) for k, v in m.items()} == pytest.approx({"a": (0.8 + 0.4 + 0.5) / 3, "b": 0.4, "c": 0.5})
+    vec = shift_vector(m, ["b", "new", "a"])  # an unseen label sits at the mean of the known ones: no shift
+    assert vec[1].item() == pytest.approx((m["b"] + m["a"]) / 2)
+    assert shift_vector(None, ["a", "b"]).tolist() == [0.0, 0.0]
+
+
+def test_shift_divides_out_the_llms_own_label_marginal():
+    scores = torch.tensor([[-1.0, -2.0, -3.0, -3.0, -3.0, -3.0]])
+    marginal = {"sports": math.log(0.5), "music": math.log(0.1)}
+    shifted = combine(scores, TASK, [[]], LABELS, 0.0, 1.0, 1.0, marginal)
+    expected = torch.log_softmax(scores, -1) - shift_vector(marginal, LABELS)
+    assert torch.allclose(shifted, expected)
+    assert LABELS[int(shifted.argmax())] == "music"  # sports' lead came from the LLM's bias towards it
+    assert torch.allclose(combine(scores, TASK, [[]], LABELS, 0.0, 1.0, 0.0, marginal),
+                          torch.log_softmax(scores, -1))  # gamma 0: unchanged
+
+
+def test_tune_on_dev_finds_a_biased_llm_and_stores_its_marginal():
+    # The LLM always puts +3 on "sports" and +1 on the right label: alone it answers sports every time.
+    cats = ["music", "food", "travel", "science", "music", "politics"]
+    biased = [{lab: 3.0 * (lab == "sports") + 1.0 * (lab == c) for lab in LABELS} for c in cats]
+    biased = [dict(zip(s, torch.log_softmax(torch.tensor(list(s.values())), -1).tolist(), strict=True))
+              for s in biased]
+    profiles = [[] for _ in cats]  # no history: the prior is uniform and cannot help
+
+    def predict(qs):
+        return [Prediction(q.id, "sports", label_scores=s) for q, s in zip(qs, biased, strict=True)]
+
+    flat_only = tune_on_dev(predict, TASK, _dev(cats, profiles), profiles, 1.0)
+    assert flat_only["label_shift"] == 0.0 and flat_only["dev_scores"]["0.0"] == 0.0 and "dev_grid" not in flat_only
+    report = tune_on_dev(predict, TASK, _dev(cats, profiles), profiles, 1.0, shifts=SHIFT_GRID)
+    assert report["label_shift"] > 0 and report["dev_scores"]["0.0"] == 1.0
+    assert report["label_marginal"]["sports"] > report["label_marginal"]["music"]
+    assert set(report["dev_grid"]) == {f"{w},{g}" for w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0) for g in SHIFT_GRID}
+
+
+def test_label_marginal_is_a_typed_config_field():
+    cfg = RunConfig()
+    cfg.decode.label_shift, cfg.decode.label_marginal = 1.0, {"sports": -0.5, "music": -2.0}
+    validate(cfg)
+    cfg.decode.label_marginal = {"sports": "high"}
+    with pytest.raises(ConfigError, match="decode.label_marginal"):
+        validate(cfg)
+    cfg.decode.label_marginal, cfg.decode.label_shift = None, -1.0
+    with pytest.raises(ConfigError, match="decode.label_shift"):
+        validate(cfg)
+
+
+def test_auto_shift_is_chosen_on_dev_and_saved(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    cfg = _cfg(synth, tiny_llama_dir, tiny_bert_dir, "auto")
+    cfg.method, cfg.decode.label_shift = "rag-bm25", "auto"
+    report = train_run(cfg, tmp_path / "run", Resources(None))["label_prior_tuning"]
+    saved = RunConfig.load(tmp_path / "run" / "config.json").decode
+    assert (saved.label_prior, saved.label_shift) == (report["label_prior"], report["label_shift"])
+    assert set(report["dev_grid"]) and (saved.label_marginal is not None) == (saved.label_shift > 0)
+
+
+def test_eval_with_auto_rechooses_on_dev_without_changing_the_run(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    res = Resources(None)
+    train_run(_cfg(synth, tiny_llama_dir, tiny_bert_dir, 0.0), tmp_path / "run", res)
+    before = (tmp_path / "run" / "config.json").read_text()
+    report = eval_run(tmp_path / "run", str(synth["synth_topic"]), "test", resources=res,
+                      overrides=["decode.label_prior=auto", "decode.label_shift=auto"])
+    tuning = report["label_prior_tuning"]
+    assert tuning["label_prior"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0) and tuning["label_shift"] in SHIFT_GRID
+    assert len(tuning["dev_grid"]) == 21 and (tmp_path / "run" / "config.json").read_text() == before

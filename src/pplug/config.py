@@ -33,6 +33,10 @@ class DecodeConfig:
     label_prior: float | str | None = None  # rank decoding: weight of the user's label prior (0 = LLM alone;
     # "auto" = chosen on dev after training; None = per task kind and method, pplug/kind_defaults.py)
     prior_smoothing: float = 1.0  # Dirichlet smoothing of the user's label counts in the prior
+    label_shift: float | str | None = None  # rank decoding: weight of the LLM's own label marginal divided out
+    # (1 = Bayes' prior shift to the user's prior; "auto" = chosen on dev with label_prior; None = per kind)
+    label_marginal: dict[str, float] | None = None  # label -> log of the LLM's mean probability on dev (set by
+    # "auto" tuning; label_shift needs it)
     bucket: bool = True  # batch questions of similar prompt length (less padding); predictions keep input order
 
     def new_tokens(self, kind: str) -> int:
@@ -185,7 +189,7 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
               "processes": at_least(1)},
     "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
                "classify": one_of("generate", "rank"), "label_prior": prior_weight,
-               "prior_smoothing": at_least(0)},
+               "prior_smoothing": at_least(0), "label_shift": prior_weight},
     "retrieval": {"retriever": one_of(*RETRIEVERS), "k": at_least(0), "item_tokens": at_least(1),
                   "show": one_of(*RETRIEVAL_SHOWS)},
     "lora": {"r": at_least(1), "alpha": above(0), "dropout": between(0, 1), "task_target_modules": non_empty,
@@ -205,6 +209,11 @@ def type_error(value: Any, hint: Any) -> str | None:
         return None if None in errors else errors[0]
     if hint is type(None):
         return None if value is None else f"{value!r} is not null"
+    if get_origin(hint) is dict:
+        key, item = get_args(hint) or (Any, Any)
+        if not isinstance(value, dict) or any(type_error(k, key) or type_error(v, item) for k, v in value.items()):
+            return f"{value!r} is not a mapping of {getattr(key, '__name__', key)} to {getattr(item, '__name__', item)}"
+        return None
     if get_origin(hint) is list:
         (item,) = get_args(hint) or (Any,)
         if not isinstance(value, list) or any(type_error(v, item) for v in value):

@@ -29,12 +29,12 @@ from pplug.errors import PPlugError
 
 KINDS = ("classification", "rating", "generation")
 _LABEL_TASK = {"plug.placement": "after_text", "plug.train_input_encoder": False, "train.bucket": 4,
-               "decode.label_prior": "auto"}
+               "decode.label_prior": "auto", "decode.label_shift": 0.0}
 PER_KIND: dict[str, dict[str, Any]] = {
     "classification": {**_LABEL_TASK, "train.epochs": 3},
     "rating": {**_LABEL_TASK, "train.epochs": 1},  # the paper's rating setting (not swept here: no rating data)
     "generation": {"plug.placement": "before_text", "plug.train_input_encoder": True, "train.bucket": 0,
-                   "decode.label_prior": 0.0, "train.epochs": 2},
+                   "decode.label_prior": 0.0, "decode.label_shift": 0.0, "train.epochs": 2},
 }
 PER_KIND_FIELDS = tuple(PER_KIND["generation"])
 # the label prior's default applies to the methods that choose its weight on dev and read the history; zero-shot
@@ -67,7 +67,7 @@ def resolve_per_kind(config: Any, kind: str | None = None) -> dict[str, Any]:
     filled = {}
     for dotted, value in PER_KIND[kind].items():
         no_prior = config.method not in PRIOR_METHODS or config.plug.ablation == "no_persona"
-        if dotted == "decode.label_prior" and no_prior:
+        if dotted in ("decode.label_prior", "decode.label_shift") and no_prior:
             value = 0.0  # the prior is the user's history: it would personalize a non-personalized baseline
         section, name = dotted.split(".")
         target = getattr(config, section)

@@ -2,8 +2,9 @@
 
 For a classification (or rating) question of user u with label set Y (|Y| = L):
 
-    log p(y | x, u) = log_softmax_y( s_LLM(y | x, u) ) + alpha * log p_u(y) + const
+    log p(y | x, u) = log_softmax_y( s_LLM(y | x, u) ) - gamma * log m(y) + alpha * log p_u(y) + const
     p_u(y)          = (count_u(y) + beta) / (n_u + beta * L)
+    m(y)            = mean over dev questions of softmax_y( s_LLM(y | x, u) )
 
 ``s_LLM`` are the backbone's summed label log-likelihoods from rank decoding (``score_options``),
 ``count_u(y)`` is how often y is the output field of the user's history items, ``beta`` is Dirichlet
@@ -11,6 +12,12 @@ smoothing (``decode.prior_smoothing``) and ``alpha`` the prior's weight (``decod
 alpha = 0 is the LLM alone; alpha -> inf is the user's most frequent label (the user-majority heuristic,
 ties broken by the LLM). With ``decode.label_prior = "auto"`` a trained method picks alpha on dev
 (`tune_on_dev`) and stores the chosen number in its run config.
+
+``m(y)`` is the LLM's own label marginal (how often, on average, it puts mass on y over the dev inputs, no
+golds needed). gamma = 1 divides it out: Bayes' rule for a prior shift (Saerens et al., 2002), replacing the
+label frequencies the LLM has absorbed by the user's own; gamma = 0 (the default) leaves the LLM's scores as
+they are. ``decode.label_shift`` is gamma ("auto": chosen on dev together with alpha), and
+``decode.label_marginal`` the log m(y) it estimated (saved in the run config).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pplug.scoring import score_predictions
 from pplug.tasks import Task
 
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # alpha values tried on dev by "auto"
+SHIFT_GRID = (0.0, 0.5, 1.0)  # gamma values tried on dev by decode.label_shift="auto"
 PRIOR_ALONE = 1e4  # an alpha large enough that the prior decides (the LLM only breaks ties)
 
 
@@ -50,10 +58,37 @@ def prior_log_probs(task: Task, profile: Sequence[HistoryItem], labels: Sequence
     return torch.log(total.clamp_min(1e-12)) - math.log(float(total.sum()))
 
 
+def label_marginal(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """log m(y): the log of the LLM's average probability of each label over questions (rows of label ->
+    log-prob, each over the labels its question allows); a label is averaged over the rows that allow it."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for label, logp in row.items():
+            sums.setdefault(label, []).append(math.exp(logp))
+    return {label: math.log(max(sum(ps) / len(ps), 1e-12)) for label, ps in sums.items()}
+
+
+def shift_vector(marginal: dict[str, float] | None, labels: Sequence[str]) -> Tensor:
+    """[L] log m(y) for ``labels``; a label the marginal never saw gets the mean of the known ones (no shift
+    relative to them); no marginal at all gives zeros."""
+    if not marginal:
+        return torch.zeros(len(labels))
+    known = [marginal[lab] for lab in labels if lab in marginal]
+    fill = sum(known) / len(known) if known else 0.0
+    return torch.tensor([marginal.get(lab, fill) for lab in labels], dtype=torch.float32)
+
+
 def combine(scores: Tensor, task: Task, profiles: Sequence[Sequence[HistoryItem]], labels: Sequence[str],
-            weight: float, smoothing: float) -> Tensor:
-    """[b, L] product-of-experts log scores from [b, L] LLM label log-likelihoods and the users' priors."""
+            weight: float, smoothing: float, shift: float = 0.0,
+            marginal: dict[str, float] | None = None) -> Tensor:
+    """[b, L] product-of-experts log scores from [b, L] LLM label log-likelihoods and the users' priors.
+
+    Args:
+        shift: gamma, the weight of the LLM's own label marginal divided out (``marginal``: label -> log m).
+    """
     llm = torch.log_softmax(scores.float(), dim=-1)
+    if shift and marginal:
+        llm = llm - shift * shift_vector(marginal, labels).to(llm.device)
     if weight == 0:
         return llm
     prior = torch.stack([prior_log_probs(task, p, labels, smoothing) for p in profiles]).to(llm.device)  # [b, L]
@@ -61,17 +96,22 @@ def combine(scores: Tensor, task: Task, profiles: Sequence[Sequence[HistoryItem]
 
 
 def tune_on_dev(predict: Callable[[Sequence[Question]], list[Any]], task: Task, dev: Split,
-                profiles: Sequence[Sequence[HistoryItem]], smoothing: float) -> dict[str, Any]:
-    """Choose alpha on dev: one prediction pass with the LLM alone, then every alpha of `GRID` offline.
+                profiles: Sequence[Sequence[HistoryItem]], smoothing: float,
+                weights: Sequence[float] = GRID, shifts: Sequence[float] = (0.0,)) -> dict[str, Any]:
+    """Choose alpha (and gamma) on dev: one prediction pass with the LLM alone, then the grid offline.
 
     Args:
         predict: the method's predict (with ``decode.label_prior = 0``); its predictions carry
             ``label_scores`` (label -> LLM log-prob over the labels that question allows).
         profiles: the history each dev question's prior is taken from (its own profile).
+        weights: the alpha values tried (`GRID`; a fixed alpha: one value).
+        shifts: the gamma values tried (`SHIFT_GRID` for "auto"; the default tries none).
 
     Returns:
-        ``{"label_prior": best alpha, "dev_scores": {alpha: score}, "prior_alone": score, "metric": name}``
-        (ties go to the smaller alpha: the LLM alone unless the prior helps).
+        ``{"label_prior": alpha, "label_shift": gamma, "label_marginal": {label: log m} (when gamma was
+        tuned), "dev_scores": {alpha: score} (at the chosen gamma), "dev_grid": {"alpha,gamma": score},
+        "prior_alone": score, "metric": name}``. Ties go to the smaller gamma, then the smaller alpha: the
+        LLM alone unless the prior helps.
     """
     preds = predict(dev.questions)
     if any(p.label_scores is None for p in preds):
@@ -79,40 +119,62 @@ def tune_on_dev(predict: Callable[[Sequence[Question]], list[Any]], task: Task, 
     metric = MAIN_METRIC[task.kind]
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     rows = [(list(p.label_scores), torch.tensor([list(p.label_scores.values())])) for p in preds]  # [1, L_i]
+    marginal = label_marginal([p.label_scores for p in preds])
 
-    def dev_score(weight: float) -> float:
+    def dev_score(weight: float, shift: float = 0.0) -> float:
         out = {}
         for q, (labels, llm), profile in zip(dev.questions, rows, profiles, strict=True):
-            out[q.id] = labels[int(combine(llm, task, [profile], labels, weight, smoothing).argmax())]
+            scores = combine(llm, task, [profile], labels, weight, smoothing, shift, marginal)
+            out[q.id] = labels[int(scores.argmax())]
         return score_predictions(task, dev.golds, out)[metric]
 
-    table = {w: dev_score(w) for w in GRID}
-    best = max(GRID, key=lambda w: (sign * table[w], -w))
-    return {"label_prior": best, "dev_scores": {str(w): round(s, 4) for w, s in table.items()},
-            "prior_alone": round(dev_score(PRIOR_ALONE), 4), "metric": metric}
+    grid = {(w, g): dev_score(w, g) for g in shifts for w in weights}
+    best_w, best_g = max(grid, key=lambda wg: (sign * grid[wg], -wg[1], -wg[0]))
+    report = {"label_prior": best_w, "label_shift": best_g,
+              "dev_scores": {str(w): round(grid[w, best_g], 4) for w in weights},
+              "prior_alone": round(dev_score(PRIOR_ALONE), 4), "metric": metric}
+    if len(shifts) > 1 or shifts[0]:
+        report["dev_grid"] = {f"{w},{g}": round(v, 4) for (w, g), v in grid.items()}
+        report["label_marginal"] = {k: round(v, 6) for k, v in marginal.items()}
+    return report
 
 
 def resolve_auto(config: Any, task: Task, dev: Split | None, predict: Callable[[Sequence[Question]], list[Any]],
                  profile_of: Callable[[Question], Sequence[HistoryItem]] | None = None) -> dict[str, Any] | None:
-    """If ``config.decode.label_prior == "auto"``, choose it on dev and write the number into the config.
+    """Choose ``decode.label_prior`` and/or ``decode.label_shift`` on dev where they are "auto", and write the
+    numbers (and the LLM's label marginal, when gamma > 0) into the config.
 
     Applies to classification/rating with rank decoding and a dev split with golds; otherwise "auto"
-    becomes 0 (the LLM alone) and the reason is returned. Returns the tuning report, or None if not "auto".
+    becomes 0 (the LLM alone) and the reason is returned. Returns the tuning report, or None if neither
+    is "auto".
     """
     decode = config.decode
-    if decode.label_prior != "auto":
+    prior_auto, shift_auto = decode.label_prior == "auto", decode.label_shift == "auto"
+    if not (prior_auto or shift_auto):
         return None
-    decode.label_prior = 0.0
+    weights = GRID if prior_auto else (float(decode.label_prior or 0.0),)
+    shifts = SHIFT_GRID if shift_auto else (float(decode.label_shift or 0.0),)
+    if prior_auto:
+        decode.label_prior = 0.0
+    if shift_auto:
+        decode.label_shift = 0.0
+    reason = None
     if task.kind == "generation" or decode.classify != "rank":
-        return {"label_prior": 0.0, "reason": "the label prior needs a classification/rating task and rank decoding"}
-    if dev is None or not dev.golds:
-        return {"label_prior": 0.0, "reason": "no dev split with golds to choose the label prior on"}
+        reason = "the label prior needs a classification/rating task and rank decoding"
+    elif dev is None or not dev.golds:
+        reason = "no dev split with golds to choose the label prior on"
+    if reason:
+        return {"label_prior": decode.label_prior, "label_shift": decode.label_shift, "reason": reason}
     dev = dev.limit(config.train.dev_limit)
     profile_of = profile_of or (lambda q: q.profile)
+    decode.label_prior = decode.label_shift = 0.0  # the dev pass is the LLM alone; the grid runs offline
     swap, decode.swap_history = decode.swap_history, False  # chosen on the users' own histories (swap is a
     try:  # prediction-time diagnostic of a trained run, never part of its training or tuning)
-        report = tune_on_dev(predict, task, dev, [profile_of(q) for q in dev.questions], decode.prior_smoothing)
+        report = tune_on_dev(predict, task, dev, [profile_of(q) for q in dev.questions], decode.prior_smoothing,
+                             weights, shifts)
     finally:
         decode.swap_history = swap
-    decode.label_prior = report["label_prior"]
+    decode.label_prior, decode.label_shift = report["label_prior"], report["label_shift"]
+    if report["label_shift"]:
+        decode.label_marginal = report["label_marginal"]
     return report

@@ -21,6 +21,7 @@ from pplug.data import Split, available_splits, load_split, resolve_task, write_
 from pplug.devices import check_run
 from pplug.errors import PPlugError
 from pplug.kind_defaults import resolve_per_kind
+from pplug.label_prior import resolve_auto
 from pplug.methods import Prediction, build_method
 from pplug.resources import Resources
 from pplug.runfiles import missing_weights, normalize_modes
@@ -162,6 +163,10 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
     config = runtime_config(run_dir, swap_history, overrides)
     data = load_split(data_dir, split, config.task).limit(limit)
     config, method = load_run(run_dir, resources, swap_history, overrides)
+    tuning = None
+    if "auto" in (config.decode.label_prior, config.decode.label_shift):  # `--set decode.label_prior=auto`:
+        dev = load_split(data_dir, "dev", config.task) if "dev" in available_splits(data_dir) else None  # re-choose
+        tuning = resolve_auto(config, get_task(config.task), dev, method.predict)  # on this data's dev split
     t0 = time.perf_counter()
     preds = method.predict(data.questions)  # methods show a progress bar over their batches
     seconds = time.perf_counter() - t0
@@ -172,6 +177,8 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
               "seconds_per_question": round(seconds / max(1, len(preds)), 4),
               "mean_prompt_tokens": round(sum(p.prompt_tokens for p in preds) / max(1, len(preds)), 1),
               "peak_rss_mb": round(peak_rss_mb(), 1)}
+    if tuning is not None:
+        timing["label_prior_tuning"] = tuning
     return preds, timing, data
 
 

@@ -92,7 +92,7 @@ def decode_outputs(backbone, task: Task, built, decode, labels: Sequence[tuple[s
         labels: per row, the labels its question allows (``task.labels_for(input)``: an input that lists its
             labels restricts parsing and ranking to them); the task's labels when None.
         profiles: per row, the history whose label prior multiplies the LLM's label distribution when
-            ``decode.label_prior`` > 0 (rank decoding; see `pplug.label_prior`).
+            ``decode.label_prior`` > 0 (rank decoding; see `pplug.label_prior`, also for ``decode.label_shift``).
         scores_out: if given, receives each row's LLM-only label log-probs (label -> log p) for tuning that
             weight on dev.
     """
@@ -108,8 +108,10 @@ def decode_outputs(backbone, task: Task, built, decode, labels: Sequence[tuple[s
             scores_out.extend({o: float(llm[b, j]) for j, o in enumerate(options) if allowed[b, j]}
                               for b in range(len(rows)))
         weight = decode.label_prior if isinstance(decode.label_prior, int | float) else 0.0
-        if weight and profiles is not None:
-            scores = combine(scores, task, profiles, options, float(weight), decode.prior_smoothing)
+        shift = decode.label_shift if isinstance(decode.label_shift, int | float) else 0.0
+        if (weight and profiles is not None) or (shift and decode.label_marginal):
+            scores = combine(scores, task, profiles or [[]] * len(rows), options, float(weight),
+                             decode.prior_smoothing, float(shift), decode.label_marginal)
         best = [options[i] for i in scores.argmax(dim=1).tolist()]
         return best, best
     raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
