@@ -210,3 +210,20 @@ def test_eval_with_auto_rechooses_on_dev_without_changing_the_run(synth, tiny_ll
     tuning = report["label_prior_tuning"]
     assert tuning["label_prior"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0) and tuning["label_shift"] in SHIFT_GRID
     assert len(tuning["dev_grid"]) == 21 and (tmp_path / "run" / "config.json").read_text() == before
+
+
+def test_label_prior_grid_script_scores_every_cell():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "label_prior_grid.py"
+    spec = importlib.util.spec_from_file_location("label_prior_grid", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cats = ["music", "food"]
+    profiles = [_items("music", "music"), _items("sports")]
+    rows = [{lab: 1.0 * (lab == "sports") for lab in LABELS} for _ in cats]  # the LLM always says sports
+    table = module.grid_scores(TASK, _dev(cats, profiles), rows, label_marginal(rows), 1.0, (0.0, PRIOR_ALONE),
+                               (0.0, 1.0))
+    assert set(table) == {(0.0, 0.0), (0.0, 1.0), (PRIOR_ALONE, 0.0), (PRIOR_ALONE, 1.0)}
+    assert table[0.0, 0.0]["accuracy"] == 0.0 and table[PRIOR_ALONE, 0.0]["accuracy"] == 0.5  # music user right
