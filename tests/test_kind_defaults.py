@@ -57,7 +57,7 @@ def test_label_prior_only_for_methods_that_read_the_history(method, ablation, pr
     cfg = RunConfig(method=method)
     cfg.plug.ablation = ablation
     resolve_per_kind(cfg, "classification")
-    assert cfg.decode.label_prior == prior
+    assert cfg.decode.label_prior == prior and cfg.decode.label_shift == prior  # both "auto", or both 0
 
 
 def test_kind_comes_from_the_task_and_must_be_known():

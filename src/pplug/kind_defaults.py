@@ -19,6 +19,10 @@ Every value here was chosen by a dev sweep recorded in README "Defaults" (comman
 - ``decode.label_prior``: label tasks combine the LLM's label scores with the user's own label prior, its
   weight chosen on dev after training (``auto``; weight 0, the LLM alone, is one of the candidates), for
   `PRIOR_METHODS` only (the ``no_persona`` ablation and the non-personalized baselines keep 0).
+- ``decode.label_shift``: the LLM's own label marginal divided out (Bayes' prior shift), its weight chosen on dev
+  with the prior (``auto``; 0 is a candidate and wins ties), same methods: news_categorize dev +1 question for
+  both PPlug (full-size run) and rag-bm25 (README "The user's label prior"; on test it helped PPlug and hurt
+  rag-bm25).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pplug.errors import PPlugError
 
 KINDS = ("classification", "rating", "generation")
 _LABEL_TASK = {"plug.placement": "after_text", "plug.train_input_encoder": False, "train.bucket": 4,
-               "decode.label_prior": "auto", "decode.label_shift": 0.0}
+               "decode.label_prior": "auto", "decode.label_shift": "auto"}
 PER_KIND: dict[str, dict[str, Any]] = {
     "classification": {**_LABEL_TASK, "train.epochs": 3},
     "rating": {**_LABEL_TASK, "train.epochs": 1},  # the paper's rating setting (not swept here: no rating data)

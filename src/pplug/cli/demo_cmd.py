@@ -45,13 +45,14 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the synthetic data a
     report = train_run(cfg, run, resources)
     alone = None
     if report.get("label_prior_tuning"):  # the ablation first (eval_test.json keeps the run's own setting)
-        alone = eval_run(run, data, "test", resources=resources, overrides=["decode.label_prior=0"])["metrics"]
+        alone = eval_run(run, data, "test", resources=resources,
+                         overrides=["decode.label_prior=0", "decode.label_shift=0"])["metrics"]
     result = eval_run(run, data, "test", resources=resources)
     swap = eval_run(run, data, "test", swap_history=True, resources=resources)
     train, test = load_split(data, "train", task), load_split(data, "test", task)
     rows = {"pplug": result["metrics"], "pplug:swap_history": swap["metrics"]}
     if alone is not None:
-        rows["pplug (LLM alone, label_prior=0)"] = alone
+        rows["pplug (LLM alone, label_prior=0, label_shift=0)"] = alone
     for name, preds in heuristic_predictions(t, train, test).items():
         rows[name] = score_predictions(t, test.golds, preds)
     summary = {"task": task, "test_questions": len(test), "train_seconds": report["train_seconds"],
