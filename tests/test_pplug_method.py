@@ -11,7 +11,7 @@ import torch
 
 from pplug.config import RunConfig
 from pplug.data import load_split
-from pplug.methods.pplug import Example, PPlugMethod, augment, swapped_profiles
+from pplug.methods.pplug import Example, PPlugMethod, augment, swap_partners, swapped_profiles
 from pplug.resources import Resources
 from pplug.runner import eval_run, load_run, train_run
 from pplug.synth import SynthConfig, synthesize
@@ -232,3 +232,42 @@ def test_centered_persona_trains_saves_and_reloads(synth, tiny_llama_dir, tiny_b
     qs = load_split(cfg.data, "test").questions
     assert [p.output for p in trained.predict(qs)] == [p.output for p in load_run(tmp_path / "run", res)[1].predict(qs)]
     assert torch.equal(trained.plug.persona_mean, mean)  # prediction does not move it
+
+
+def test_swap_partners_pick_the_next_question_of_another_user(synth):
+    qs = load_split(str(synth["synth_title"]), "train").questions
+    partners = swap_partners(qs)
+    for i, j in enumerate(partners):
+        assert j is not None and qs[j].user_key != qs[i].user_key
+    same_user = [q for q in qs if q.user_key == qs[0].user_key]
+    assert swap_partners(same_user) == [None] * len(same_user)  # nobody to contrast with: no hinge
+
+
+def test_swap_contrast_adds_the_own_vs_other_history_hinge(synth, tiny_backbone_dir, tiny_bert_dir, tmp_path):
+    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    cfg.task = "synth_title"
+    method = PPlugMethod(cfg, Resources(None))
+    method.trainable.eval()
+    train = load_split(cfg.data, "train")
+    qs = train.questions[:4]
+    batch = [Example(q, train.gold(q)) for q in qs]
+    profiles = [method._items(q.profile) for q in qs]
+    with torch.no_grad():
+        plain = method._loss(batch)
+        _, own_built = method._forward(qs, profiles, [ex.gold for ex in batch])
+        own = method.backbone.loss(own_built, reduction="none")
+        partners = swap_partners(qs)
+        rows = [i for i, j in enumerate(partners) if j is not None]
+        _, other_built = method._forward([qs[i] for i in rows], [profiles[partners[i]] for i in rows],
+                                         [batch[i].gold for i in rows])
+        other = method.backbone.loss(other_built, reduction="none")
+        method.config.train.swap_contrast, method.config.train.swap_margin = 2.0, 0.5
+        with_hinge = method._loss(batch)
+    expected = plain + 2.0 * torch.relu(0.5 + own[rows] - other).mean()
+    assert rows and with_hinge.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert with_hinge.item() >= plain.item()
+    # and it trains end to end (gradients flow through both passes)
+    cfg2 = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+    cfg2.train.swap_contrast = 1.0
+    report = train_run(cfg2, tmp_path / "run", Resources(None))
+    assert report["steps"] == 2

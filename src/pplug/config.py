@@ -185,7 +185,7 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
     "train": {"epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup": between(0, 1),
               "batch_size": at_least(1), "grad_accum": at_least(1), "clip": at_least(0), "max_steps": at_least(1),
               "limit": at_least(0), "dev_limit": at_least(0), "augment_copies": at_least(0),
-              "augment_max_drop": between(0.01, 1),
+              "augment_max_drop": between(0.01, 1), "swap_contrast": at_least(0), "swap_margin": at_least(0),
               "processes": at_least(1)},
     "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
                "classify": one_of("generate", "rank"), "label_prior": prior_weight,

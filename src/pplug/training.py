@@ -45,6 +45,9 @@ class TrainConfig:
     # length (0 = off; None = per task kind, pplug/kind_defaults.py: 4 for label tasks, off for generation)
     kv_memo_mb: int = 1024  # plug.placement=after_text: keep each question's frozen KV while training (MB cap; 0 = off)
     class_balanced: bool = False  # classification: weight each example by inverse frequency of its label
+    swap_contrast: float = 0.0  # PPlug: weight of a hinge loss asking each gold output to be likelier with its own
+    # user's history than with another user's of the batch (0 = off; a second forward pass: ~2x step cost)
+    swap_margin: float = 0.5  # that loss's margin, in nats of per-token loss (own must beat another's by this)
     progress: bool = True  # show a progress bar with loss and ETA
 
 

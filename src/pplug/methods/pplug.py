@@ -56,6 +56,13 @@ def augment(examples: list[Example], n_items: list[int], copies: int, max_drop: 
     return out
 
 
+def swap_partners(questions: Sequence[Question]) -> list[int | None]:
+    """For each question, the index of the next question (cyclically) of another user; None if there is none."""
+    n = len(questions)
+    return [next(((i + s) % n for s in range(1, n) if questions[(i + s) % n].user_key != q.user_key), None)
+            for i, q in enumerate(questions)]
+
+
 def swapped_profiles(questions: Sequence[Question]) -> list[list[HistoryItem]]:
     """For each question, the profile of the next question (cyclically) that belongs to another user."""
     out = []
@@ -182,12 +189,30 @@ class PPlugMethod:
         one-token label, not each example equally. Class weights scale each example's tokens."""
         qs = [ex.question for ex in batch]
         profiles = [self._items(ex.question.profile, ex.keep) for ex in batch]
-        _, built = self._forward(qs, profiles, [ex.gold for ex in batch])
+        golds = [ex.gold for ex in batch]
+        _, built = self._forward(qs, profiles, golds)
         losses = self.backbone.loss(built, reduction="none")  # [b] per-example token means
         w = built.target_tokens().to(losses.device)  # [b]
         if self.class_weights:
             w = w * torch.tensor([self.class_weights.get(ex.gold, 1.0) for ex in batch], device=w.device)
-        return (losses * w).sum() / w.sum().clamp(min=1)
+        loss = (losses * w).sum() / w.sum().clamp(min=1)
+        cfg = self.config.train
+        if cfg.swap_contrast > 0 and self.config.plug.use_persona:
+            loss = loss + cfg.swap_contrast * self._swap_hinge(qs, profiles, golds, losses)
+        return loss
+
+    def _swap_hinge(self, qs: list[Question], profiles: list[list[HistoryItem]], golds: list[str],
+                    own: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of relu(margin + loss with the own history - loss with another user's history),
+        the other user being the batch's next example of another user (its possibly augmented items). Pushes
+        the persona to carry what is specific to the user: a persona every user shares makes both losses equal."""
+        partners = swap_partners(qs)
+        rows = [i for i, j in enumerate(partners) if j is not None]
+        if not rows:
+            return own.new_zeros(())
+        _, built = self._forward([qs[i] for i in rows], [profiles[partners[i]] for i in rows], [golds[i] for i in rows])
+        other = self.backbone.loss(built, reduction="none")  # [len(rows)]
+        return torch.relu(self.config.train.swap_margin + own[rows] - other).mean()
 
     def fit(self, train: Split, dev: Split | None, run_dir: Path) -> dict[str, Any]:
         cfg = self.config.train
