@@ -187,13 +187,18 @@ def test_swap_history_run_trains_and_selects_on_own_histories(synth, tiny_llama_
     assert calls == [2]  # prediction still swaps: the run asked for the diagnostic
 
 
-def test_loss_is_the_token_mean_over_the_batch(synth, tiny_backbone_dir, tiny_bert_dir):
-    """As the reference: one mean over every target token of the batch (not a mean of per-example means)."""
-    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
+def _title_method(synth, backbone_dir, encoder_dir) -> tuple[PPlugMethod, object]:
+    """An untrained PPlug on synth_title in eval mode, and the train split."""
+    cfg = tiny_config(synth["synth_title"], backbone_dir, encoder_dir)
     cfg.task = "synth_title"
     method = PPlugMethod(cfg, Resources(None))
     method.trainable.eval()
-    train = load_split(cfg.data, "train")
+    return method, load_split(cfg.data, "train")
+
+
+def test_loss_is_the_token_mean_over_the_batch(synth, tiny_backbone_dir, tiny_bert_dir):
+    """As the reference: one mean over every target token of the batch (not a mean of per-example means)."""
+    method, train = _title_method(synth, tiny_backbone_dir, tiny_bert_dir)
     qs = train.questions[:2]
     golds = [train.gold(qs[0]), train.gold(qs[1]) + " and a much longer tail of words than the first"]
     batch = [Example(q, g) for q, g in zip(qs, golds, strict=True)]
@@ -244,11 +249,7 @@ def test_swap_partners_pick_the_next_question_of_another_user(synth):
 
 
 def test_swap_contrast_adds_the_own_vs_other_history_hinge(synth, tiny_backbone_dir, tiny_bert_dir, tmp_path):
-    cfg = tiny_config(synth["synth_title"], tiny_backbone_dir, tiny_bert_dir)
-    cfg.task = "synth_title"
-    method = PPlugMethod(cfg, Resources(None))
-    method.trainable.eval()
-    train = load_split(cfg.data, "train")
+    method, train = _title_method(synth, tiny_backbone_dir, tiny_bert_dir)
     qs = train.questions[:4]
     batch = [Example(q, train.gold(q)) for q in qs]
     profiles = [method._items(q.profile) for q in qs]
