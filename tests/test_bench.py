@@ -122,6 +122,13 @@ def test_bench_reuses_a_row_only_for_the_same_settings(tmp_path, tiny_llama_dir,
     err = capsys.readouterr().err
     assert rows["pplug"]["test_questions"] == 3 and "limit: 2 -> 3" in err and "from scratch" not in err
     assert weights.stat().st_mtime_ns == trained_at
+    from pplug import kind_defaults  # a default that changed since the row was made: the row runs again
+
+    monkeypatch.setitem(kind_defaults.PER_KIND["classification"], "decode.label_shift", 0.0)
+    bench(3)
+    err = capsys.readouterr().err
+    assert "settings decode.label_shift: auto -> 0.0" in err and "from scratch" not in err
+    assert weights.stat().st_mtime_ns == trained_at  # the training settings did not change: only evaluated again
     run_cli(["bench", "--data", str(data), "--out", str(out), "--limit", "3", "--latency-questions", "1",
              "--methods", "pplug"], sets + ["train.lr=0.01"])  # other training settings: trained again
     err = capsys.readouterr().err

@@ -75,7 +75,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         say(f"[{i}/{len(cfg.methods)}] {spec} (bench running {_clock(time.perf_counter() - started)})")
         run_dir = out / "runs" / spec_dir(spec)
         result_file = run_dir / "bench_result.json"
-        key = row_key(cfg, spec)
+        key = row_key(cfg, spec, task.name)
         if result_file.is_file() and not cfg.fresh:
             saved = json.loads(result_file.read_text())
             changed = key_changes(saved.get("bench_key"), key)
@@ -104,18 +104,55 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return write_results(out, task, cfg, rows + heuristics, golds)
 
 
-def row_key(cfg: BenchConfig, spec: str) -> dict[str, Any]:
-    """What a method's row depends on besides its run folder: a saved row is reused only when this is unchanged."""
-    return {"spec": spec, "data": str(Path(cfg.data).resolve()), "split": cfg.split, "limit": cfg.limit,
-            "train_limit": cfg.train_limit, "dev_limit": cfg.dev_limit, "users": cfg.users,
-            "overrides": list(cfg.overrides), "latency_questions": cfg.latency_questions}
+def row_key(cfg: BenchConfig, spec: str, task: str | None = None) -> dict[str, Any]:
+    """What a method's row depends on besides its run folder: a saved row is reused only when this is unchanged.
+
+    With ``task``, the key also holds the method's resolved settings (``settings``: every config field after the
+    spec, ``--set`` and the task kind's defaults): a row made when a default was different runs again.
+    """
+    key = {"spec": spec, "data": str(Path(cfg.data).resolve()), "split": cfg.split, "limit": cfg.limit,
+           "train_limit": cfg.train_limit, "dev_limit": cfg.dev_limit, "users": cfg.users,
+           "overrides": list(cfg.overrides), "latency_questions": cfg.latency_questions}
+    if task is not None:
+        key["settings"] = resolved_settings(cfg, spec, task)
+    return key
+
+
+def resolved_settings(cfg: BenchConfig, spec: str, task: str) -> dict[str, Any]:
+    """{"section.field": value} of the RunConfig a method's row starts from (JSON-normalised, so it compares equal
+    to a saved key)."""
+    from pplug.config import config_from_spec
+    from pplug.kind_defaults import resolve_per_kind
+
+    run_cfg = config_from_spec(spec, cfg.data, cfg.overrides)
+    run_cfg.task = run_cfg.task or task
+    resolve_per_kind(run_cfg)
+    flat = {}
+    for name, value in run_cfg.to_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            flat[name] = value
+    return json.loads(json.dumps(flat))
 
 
 def key_changes(saved: dict[str, Any] | None, key: dict[str, Any]) -> str:
     """'' when a saved row's key equals ``key``; otherwise what changed, for the log line."""
     if saved is None:
         return "no record of the settings it ran with"
-    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in key.items() if saved.get(k) != v]
+    changed = []
+    for k, v in key.items():
+        old = saved.get(k)
+        if old == v:
+            continue
+        if isinstance(v, dict) and isinstance(old, dict):  # the resolved settings: name the fields
+            fields = sorted(f for f in old.keys() | v.keys() if old.get(f) != v.get(f))
+            more = f" and {len(fields) - 3} more" if len(fields) > 3 else ""
+            changed.append("settings " + ", ".join(f"{f}: {old.get(f)} -> {v.get(f)}" for f in fields[:3]) + more)
+        elif isinstance(v, dict):
+            changed.append(f"{k}: not recorded")
+        else:
+            changed.append(f"{k}: {old} -> {v}")
     return "; ".join(changed)
 
 
