@@ -17,7 +17,7 @@ import json
 import torch
 
 from pplug.data import load_split
-from pplug.label_prior import GRID, PRIOR_ALONE, SHIFT_GRID, combine, label_marginal
+from pplug.label_prior import GRID, PRIOR_ALONE, SHIFT_GRID, choose_labels, label_marginal
 from pplug.metrics import MAIN_METRIC
 from pplug.runner import load_run
 from pplug.scoring import score_predictions
@@ -26,17 +26,10 @@ from pplug.tasks import get_task
 
 def grid_scores(task, split, rows, marginal, smoothing, weights, shifts) -> dict[tuple[float, float], dict]:
     """{(alpha, gamma): metrics} for one split from its LLM-alone label log-probs."""
-    out = {}
-    for w in weights:
-        for g in shifts:
-            preds = {}
-            for q, row in zip(split.questions, rows, strict=True):
-                labels = list(row)
-                scores = combine(torch.tensor([list(row.values())]), task, [q.profile], labels, w, smoothing, g,
-                                 marginal)
-                preds[q.id] = labels[int(scores.argmax())]
-            out[w, g] = score_predictions(task, split.golds, preds)
-    return out
+    profiles = [q.profile for q in split.questions]
+    return {(w, g): score_predictions(task, split.golds, choose_labels(split.questions, rows, task, profiles, w,
+                                                                       smoothing, g, marginal))
+            for w in weights for g in shifts}
 
 
 def main() -> None:

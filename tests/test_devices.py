@@ -194,7 +194,7 @@ CPU_BY_DESIGN = {  # (file, function) -> why a CPU tensor is right there
     ("embedding_cache.py", "encode"): "cached vectors are CPU float32; callers move them",
     ("methods/pplug.py", "item_vectors"): "history vectors on CPU, like the cache (the server stores them)",
     ("label_prior.py", "prior_log_probs"): "a [L] prior from counts; combine() moves it to the scores",
-    ("label_prior.py", "tune_on_dev"): "offline tuning over stored float scores",
+    ("label_prior.py", "choose_labels"): "offline tuning over stored float scores",
     ("label_prior.py", "shift_vector"): "a [L] log marginal from stored floats; combine() moves it to the scores",
     ("plug.py", "__init__"): "parameters and buffers: the module is moved with .to(device)",
     ("server/runtime.py", "profile_tensor"): "stored vectors on CPU, moved by PPlugMethod._history",

@@ -107,6 +107,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_flat(self) -> dict[str, Any]:
+        """``{"section.field": value}`` (and ``{"method": ...}`` for the top-level fields); see `flatten`."""
+        return flatten(self.to_dict())
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
@@ -119,6 +123,16 @@ class RunConfig:
             return validate(from_dict(cls, json.loads(path.read_text())))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """A (saved) run config dict as ``{"section.field": value}``; top-level fields keep their own name."""
+    flat: dict[str, Any] = {}
+    for section, value in config.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for name, v in items:
+            flat[section if name is None else f"{section}.{name}"] = v
+    return flat
 
 
 def config_file(path: str | Path) -> RunConfig:

@@ -95,6 +95,20 @@ def combine(scores: Tensor, task: Task, profiles: Sequence[Sequence[HistoryItem]
     return llm + weight * prior
 
 
+def choose_labels(questions: Sequence[Question], label_scores: Sequence[dict[str, float]], task: Task,
+                  profiles: Sequence[Sequence[HistoryItem]], weight: float, smoothing: float, shift: float = 0.0,
+                  marginal: dict[str, float] | None = None) -> dict[str, str]:
+    """{question id: label} from stored LLM-alone label log-probs (one dict per question, over the labels it
+    allows), combined offline with each profile's prior and the marginal as `combine` does at decoding."""
+    out = {}
+    for q, row, profile in zip(questions, label_scores, profiles, strict=True):
+        labels = list(row)
+        scores = combine(torch.tensor([list(row.values())]), task, [profile], labels, weight, smoothing, shift,
+                         marginal)
+        out[q.id] = labels[int(scores.argmax())]
+    return out
+
+
 def tune_on_dev(predict: Callable[[Sequence[Question]], list[Any]], task: Task, dev: Split,
                 profiles: Sequence[Sequence[HistoryItem]], smoothing: float,
                 weights: Sequence[float] = GRID, shifts: Sequence[float] = (0.0,)) -> dict[str, Any]:
@@ -118,14 +132,11 @@ def tune_on_dev(predict: Callable[[Sequence[Question]], list[Any]], task: Task, 
         raise ValueError("tune_on_dev needs predictions with label_scores (rank decoding)")
     metric = MAIN_METRIC[task.kind]
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    rows = [(list(p.label_scores), torch.tensor([list(p.label_scores.values())])) for p in preds]  # [1, L_i]
-    marginal = label_marginal([p.label_scores for p in preds])
+    rows = [p.label_scores for p in preds]
+    marginal = label_marginal(rows)
 
     def dev_score(weight: float, shift: float = 0.0) -> float:
-        out = {}
-        for q, (labels, llm), profile in zip(dev.questions, rows, profiles, strict=True):
-            scores = combine(llm, task, [profile], labels, weight, smoothing, shift, marginal)
-            out[q.id] = labels[int(scores.argmax())]
+        out = choose_labels(dev.questions, rows, task, profiles, weight, smoothing, shift, marginal)
         return score_predictions(task, dev.golds, out)[metric]
 
     grid = {(w, g): dev_score(w, g) for g in shifts for w in weights}

@@ -127,13 +127,7 @@ def resolved_settings(cfg: BenchConfig, spec: str, task: str) -> dict[str, Any]:
     run_cfg = config_from_spec(spec, cfg.data, cfg.overrides)
     run_cfg.task = run_cfg.task or task
     resolve_per_kind(run_cfg)
-    flat = {}
-    for name, value in run_cfg.to_dict().items():
-        if isinstance(value, dict):
-            flat.update({f"{name}.{k}": v for k, v in value.items()})
-        else:
-            flat[name] = value
-    return json.loads(json.dumps(flat))
+    return json.loads(json.dumps(run_cfg.to_flat()))
 
 
 def key_changes(saved: dict[str, Any] | None, key: dict[str, Any]) -> str:

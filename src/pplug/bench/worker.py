@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pplug.bench.report import plain_spec_dir
-from pplug.config import RunConfig, config_from_spec
+from pplug.config import RunConfig, config_from_spec, flatten
 from pplug.data import load_split, resolve_task
 from pplug.errors import PPlugError
 from pplug.kind_defaults import resolve_per_kind
@@ -90,16 +90,8 @@ def training_settings(config: dict[str, Any]) -> dict[str, str]:
     progress bar and OPPU's user count (adapters are onboarded lazily per user).
     """
     skip = {*RUNTIME_FIELDS, "train.progress", "lora.users"}
-    flat: dict[str, str] = {}
-    for section, value in config.items():
-        if section in RUNTIME_SECTIONS:
-            continue
-        items = value.items() if isinstance(value, dict) else [(None, value)]
-        for name, v in items:
-            key = section if name is None else f"{section}.{name}"
-            if key not in skip:
-                flat[key] = json.dumps(v, sort_keys=True)
-    return flat
+    return {key: json.dumps(v, sort_keys=True) for key, v in flatten(config).items()
+            if key not in skip and key.split(".")[0] not in RUNTIME_SECTIONS}
 
 
 def resume_decision(cfg: RunConfig, run_dir: Path, fresh: bool) -> tuple[bool, str | None]:

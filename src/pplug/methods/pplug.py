@@ -64,13 +64,10 @@ def swap_partners(questions: Sequence[Question]) -> list[int | None]:
 
 
 def swapped_profiles(questions: Sequence[Question]) -> list[list[HistoryItem]]:
-    """For each question, the profile of the next question (cyclically) that belongs to another user."""
-    out = []
-    for i, q in enumerate(questions):
-        other = next((questions[(i + s) % len(questions)] for s in range(1, len(questions))
-                      if questions[(i + s) % len(questions)].user_key != q.user_key), q)
-        out.append(other.profile)
-    return out
+    """For each question, the profile of the next question (cyclically) that belongs to another user (its own
+    when every question is the same user's)."""
+    return [questions[j].profile if j is not None else q.profile
+            for q, j in zip(questions, swap_partners(questions), strict=True)]
 
 
 class PPlugMethod:
