@@ -43,7 +43,7 @@ def test_label_and_generation_tasks_differ_where_the_sweeps_said_so():
 def test_explicit_settings_win():
     cfg = RunConfig(method="pplug")
     for o in ("plug.placement=before_text", "plug.train_input_encoder=true", "train.bucket=0",
-              "decode.label_prior=0", "decode.label_shift=0.5", "train.epochs=2"):
+              "decode.label_prior=0", "decode.label_shift=0.5", "decode.vocab_prior=0", "train.epochs=2"):
         apply_override(cfg, o)
     assert resolve_per_kind(cfg, "classification") == {}
     assert (cfg.plug.placement, cfg.plug.train_input_encoder, cfg.train.bucket, cfg.decode.label_prior) == \

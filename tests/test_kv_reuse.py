@@ -9,6 +9,7 @@ import torch
 
 from pplug.backbones import BackboneConfig, PromptParts, load_backbone
 from pplug.backbones.kv_reuse import SharedPrefixes, common_prefix
+from pplug.vocab_prior import VocabBias
 
 INSTR = "which category does this note belong to among the following categories "
 PARTS = [
@@ -96,6 +97,11 @@ def test_score_options_and_greedy_match_full_forward(llama):
         slow = llama.score_options(_full(batch), ["sports", "music", "a new battery design"])
         assert torch.allclose(fast, slow, atol=1e-4)
         assert llama.generate(batch, max_new_tokens=6) == llama.generate(_full(batch), max_new_tokens=6)
+        bias = torch.zeros(3, llama.model.get_input_embeddings().weight.shape[0])
+        bias[0, 5], bias[1, 7], bias[2, 9] = 50.0, 3.0, 50.0  # a logits processor: same tokens on both paths
+        biased = llama.generate(batch, max_new_tokens=6, logits_processor=VocabBias(bias))
+        assert biased == llama.generate(_full(batch), max_new_tokens=6, logits_processor=VocabBias(bias))
+        assert biased != llama.generate(batch, max_new_tokens=6)
 
 
 def test_lru_bounded():

@@ -37,6 +37,8 @@ class DecodeConfig:
     # (1 = Bayes' prior shift to the user's prior; "auto" = chosen on dev with label_prior; None = per kind)
     label_marginal: dict[str, float] | None = None  # label -> log of the LLM's mean probability on dev (set by
     # "auto" tuning; label_shift needs it)
+    vocab_prior: float | str | None = None  # generation: weight of the user's vocabulary bias (PMI of her past
+    # outputs' tokens; 0 = LLM alone; "auto" = chosen on dev after training; None = per kind, pplug/vocab_prior.py)
     bucket: bool = True  # batch questions of similar prompt length (less padding); predictions keep input order
 
     def new_tokens(self, kind: str) -> int:
@@ -203,7 +205,8 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
               "processes": at_least(1)},
     "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
                "classify": one_of("generate", "rank"), "label_prior": prior_weight,
-               "prior_smoothing": at_least(0), "label_shift": prior_weight},
+               "prior_smoothing": at_least(0), "label_shift": prior_weight,
+               "vocab_prior": prior_weight},
     "retrieval": {"retriever": one_of(*RETRIEVERS), "k": at_least(0), "item_tokens": at_least(1),
                   "show": one_of(*RETRIEVAL_SHOWS)},
     "lora": {"r": at_least(1), "alpha": above(0), "dropout": between(0, 1), "task_target_modules": non_empty,

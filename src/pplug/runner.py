@@ -28,6 +28,8 @@ from pplug.runfiles import missing_weights, normalize_modes
 from pplug.scoring import score_predictions
 from pplug.task_file import TASK_FILE, load_task_file, write_task_file
 from pplug.tasks import define_task, get_task, has_task, is_defined_by_data
+from pplug.vocab_prior import VocabBackground
+from pplug.vocab_prior import resolve_auto as resolve_vocab
 
 
 def peak_rss_mb() -> float:
@@ -167,6 +169,15 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
     if "auto" in (config.decode.label_prior, config.decode.label_shift):  # `--set decode.label_prior=auto`:
         dev = load_split(data_dir, "dev", config.task) if "dev" in available_splits(data_dir) else None  # re-choose
         tuning = resolve_auto(config, get_task(config.task), dev, method.predict)  # on this data's dev split
+    vocab_tuning = None
+    wants_vocab = config.decode.vocab_prior == "auto" or bool(config.decode.vocab_prior)
+    if wants_vocab and hasattr(method, "vocab") and method.vocab is None and "train" in available_splits(data_dir):
+        method.vocab = VocabBackground.from_questions(  # a run trained before the prior existed: count the
+            get_task(config.task), method.backbone.tokenizer,  # background from this data's train split, as
+            load_split(data_dir, "train", config.task).questions, config.backbone.name_or_path)  # training would
+    if config.decode.vocab_prior == "auto":  # `--set decode.vocab_prior=auto`: re-chosen on this data's dev split
+        dev = load_split(data_dir, "dev", config.task) if "dev" in available_splits(data_dir) else None
+        vocab_tuning = resolve_vocab(config, get_task(config.task), dev, method.predict)
     t0 = time.perf_counter()
     preds = method.predict(data.questions)  # methods show a progress bar over their batches
     seconds = time.perf_counter() - t0
@@ -179,6 +190,8 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
               "peak_rss_mb": round(peak_rss_mb(), 1)}
     if tuning is not None:
         timing["label_prior_tuning"] = tuning
+    if vocab_tuning is not None:
+        timing["vocab_prior_tuning"] = vocab_tuning
     return preds, timing, data
 
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -77,7 +77,8 @@ class Backbone(Protocol):
 
     def loss(self, batch: Batch, reduction: str = "mean") -> Tensor: ...
 
-    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1) -> list[str]: ...
+    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1,
+                 logits_processor: LogitsProcessor | None = None) -> list[str]: ...
 
     def score_options(self, batch: Batch, options: list[str]) -> Tensor: ...
 

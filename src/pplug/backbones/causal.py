@@ -6,6 +6,7 @@ import inspect
 
 import torch
 from torch import Tensor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from pplug.backbones.base import BackboneBase, Batch, PromptParts, no_labels, reduce_nll, token_nll
 from pplug.backbones.kv_reuse import (
@@ -177,13 +178,16 @@ class CausalBackbone(BackboneBase):
         nll, count = token_nll(logits[:, :-1], batch.labels[:, t - keep + 1:])
         return reduce_nll(nll, count, reduction)
 
-    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1) -> list[str]:
+    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1,
+                 logits_processor: LogitsProcessor | None = None) -> list[str]:
         """Deterministic decoding (greedy or beam search) from the spliced prompt embeddings.
 
         Args:
             batch: built without targets.
             max_new_tokens: cap on generated tokens.
             num_beams: 1 = greedy.
+            logits_processor: HF-style ``(generated ids [b, n], scores [b, V]) -> scores`` applied at every step
+                (e.g. `pplug.vocab_prior.VocabBias`).
 
         Returns:
             b decoded continuations (new tokens only, special tokens skipped, stripped).
@@ -196,12 +200,14 @@ class CausalBackbone(BackboneBase):
             eos = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
             pad = gen.pad_token_id if gen.pad_token_id is not None else self.pad_id
             return self._decode(greedy_decode(self.model, self._embed, cache, last, batch.attention_mask,
-                                              batch.position_ids[:, -1:], max_new_tokens, eos, pad))
+                                              batch.position_ids[:, -1:], max_new_tokens, eos, pad,
+                                              logits_processor))
         # transformers 5 returns only the new tokens when generating from inputs_embeds alone, and
         # derives position ids from the attention mask (cumsum - 1) exactly as `positions` does.
         out = self.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                  stopping_criteria=stopping_criteria())
+                                  stopping_criteria=stopping_criteria(),
+                                  logits_processor=LogitsProcessorList([logits_processor] if logits_processor else []))
         return self._decode(out)
 
     def score_options(self, batch: Batch, options: list[str]) -> Tensor:

@@ -190,7 +190,7 @@ def _memo_cache(model, batch, shared_kv: KV | None, rows: FrozenRows, one: dict)
 
 
 def greedy_decode(model, embed, cache: DynamicCache, last: Tensor, mask: Tensor, position: Tensor,
-                  max_new_tokens: int, eos: list[int], pad: int) -> Tensor:
+                  max_new_tokens: int, eos: list[int], pad: int, logits_processor=None) -> Tensor:
     """Greedy decoding that continues a prefilled cache (the same tokens as ``generate(do_sample=False)``).
 
     Args:
@@ -203,6 +203,7 @@ def greedy_decode(model, embed, cache: DynamicCache, last: Tensor, mask: Tensor,
         max_new_tokens: cap on new tokens.
         eos: ids that end a row; a finished row is filled with ``pad``.
         pad: filler id after EOS.
+        logits_processor: optional HF-style ``(generated ids [b, n], scores [b, V]) -> scores``.
 
     Returns:
         new token ids [b, n <= max_new_tokens].
@@ -212,7 +213,11 @@ def greedy_decode(model, embed, cache: DynamicCache, last: Tensor, mask: Tensor,
     eos_t = torch.tensor(eos, dtype=torch.long, device=last.device)
     out = []
     for step in range(max_new_tokens):
-        nxt = last[:, -1].argmax(-1).masked_fill(done, pad)  # [b]
+        scores = last[:, -1]
+        if logits_processor is not None:
+            so_far = torch.stack(out, dim=1) if out else torch.zeros(b, 0, dtype=torch.long, device=last.device)
+            scores = logits_processor(so_far, scores)
+        nxt = scores.argmax(-1).masked_fill(done, pad)  # [b]
         out.append(nxt)
         done |= torch.isin(nxt, eos_t)
         if bool(done.all()) or step == max_new_tokens - 1:

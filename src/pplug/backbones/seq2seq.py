@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
 from pplug.backbones.base import BackboneBase, Batch, PromptParts, no_labels, reduce_nll, token_nll
@@ -82,13 +83,15 @@ class Seq2SeqBackbone(BackboneBase):
         nll, count = token_nll(logits, batch.labels)
         return reduce_nll(nll, count, reduction)
 
-    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1) -> list[str]:
+    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1,
+                 logits_processor: LogitsProcessor | None = None) -> list[str]:
         """Deterministic decoding (greedy or beam search) from the encoder input embeddings.
 
         Args:
             batch: built without targets.
             max_new_tokens: cap on generated tokens.
             num_beams: 1 = greedy.
+            logits_processor: HF-style ``(generated ids, scores) -> scores`` applied at every step.
 
         Returns:
             b decoded outputs (decoder start token removed, special tokens skipped, stripped).
@@ -96,7 +99,8 @@ class Seq2SeqBackbone(BackboneBase):
         no_labels(batch)
         out = self.model.generate(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                  stopping_criteria=stopping_criteria())
+                                  stopping_criteria=stopping_criteria(),
+                                  logits_processor=LogitsProcessorList([logits_processor] if logits_processor else []))
         return self._decode(out[:, 1:])  # transformers 5 keeps the decoder start token in front
 
     def score_options(self, batch: Batch, options: list[str]) -> Tensor:

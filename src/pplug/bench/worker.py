@@ -56,7 +56,7 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a saved run config that decide the task stage (not the method name or per-user settings)."""
     keep = {k: v for k, v in config.items() if k != "method"}
     keep["decode"] = {k: v for k, v in config.get("decode", {}).items()  # prior: chosen after the task stage
-                      if k not in ("swap_history", "label_prior", "label_shift", "label_marginal")}
+                      if k not in ("swap_history", "label_prior", "label_shift", "label_marginal", "vocab_prior")}
     keep["train"] = {k: v for k, v in config.get("train", {}).items() if k != "progress"}
     keep["lora"] = {k: v for k, v in config.get("lora", {}).items() if not k.startswith("user")}
     return keep

@@ -20,6 +20,7 @@ from pplug.progress import batches
 from pplug.resources import Resources
 from pplug.retrieval import Retriever, build_retriever
 from pplug.tasks import Task, get_task
+from pplug.vocab_prior import VocabBackground, processor_for
 
 
 def truncate_tokens(tokenizer, text: str, n: int) -> str:
@@ -85,7 +86,8 @@ class RagPrompter:
 
 def decode_outputs(backbone, task: Task, built, decode, labels: Sequence[tuple[str, ...] | None] | None = None,
                    profiles: Sequence[Sequence[HistoryItem]] | None = None,
-                   scores_out: list[dict[str, float]] | None = None) -> tuple[list[str], list[str]]:
+                   scores_out: list[dict[str, float]] | None = None,
+                   vocab: VocabBackground | None = None) -> tuple[list[str], list[str]]:
     """Raw outputs and parsed predictions for a built batch: generate + parse, or rank the labels.
 
     Args:
@@ -95,6 +97,8 @@ def decode_outputs(backbone, task: Task, built, decode, labels: Sequence[tuple[s
             ``decode.label_prior`` > 0 (rank decoding; see `pplug.label_prior`, also for ``decode.label_shift``).
         scores_out: if given, receives each row's LLM-only label log-probs (label -> log p) for tuning that
             weight on dev.
+        vocab: the background of the user vocabulary prior (generation, ``decode.vocab_prior`` > 0: the
+            ``profiles``' past outputs bias decoding; see `pplug.vocab_prior`).
     """
     rows = list(labels) if labels is not None else [None] * len(built)
     rows = [r or task.labels for r in rows]
@@ -114,7 +118,10 @@ def decode_outputs(backbone, task: Task, built, decode, labels: Sequence[tuple[s
                              decode.prior_smoothing, float(shift), decode.label_marginal)
         best = [options[i] for i in scores.argmax(dim=1).tolist()]
         return best, best
-    raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams)
+    weight = decode.vocab_prior if isinstance(decode.vocab_prior, int | float) else 0.0
+    size = backbone.model.get_input_embeddings().weight.shape[0]
+    processor = processor_for(task, backbone.tokenizer, profiles, vocab, float(weight), size)
+    raws = backbone.generate(built, decode.new_tokens(task.kind), decode.num_beams, logits_processor=processor)
     return raws, [task.parse(r, lab) for r, lab in zip(raws, rows, strict=True)]
 
 

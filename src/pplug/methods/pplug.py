@@ -32,6 +32,8 @@ from pplug.retrieval import most_recent
 from pplug.scoring import score_predictions
 from pplug.tasks import get_task
 from pplug.training import set_seed, train_loop
+from pplug.vocab_prior import VocabBackground
+from pplug.vocab_prior import resolve_auto as resolve_vocab
 
 WEIGHTS = "model.safetensors"
 
@@ -97,6 +99,7 @@ class PPlugMethod:
 
             self.retriever = build_retriever(config.retrieval.retriever, self.task, self.history_encoder)
         self.class_weights: dict[str, float] = {}
+        self.vocab: VocabBackground | None = None  # the vocabulary prior's background (generation; fit/load)
 
     # ---- features -------------------------------------------------------------------------------
     def _items(self, profile: list[HistoryItem], keep: tuple[int, ...] | None = None) -> list[HistoryItem]:
@@ -214,6 +217,10 @@ class PPlugMethod:
     def fit(self, train: Split, dev: Split | None, run_dir: Path) -> dict[str, Any]:
         cfg = self.config.train
         run_dir.mkdir(parents=True, exist_ok=True)
+        if self.task.kind == "generation":  # the vocabulary prior's background: every training user's past outputs
+            self.vocab = VocabBackground.from_questions(self.task, self.backbone.tokenizer, train.questions,
+                                                        self.config.backbone.name_or_path)
+            self.vocab.save(run_dir)
         train = train.limit(cfg.limit)
         dev = dev.limit(cfg.dev_limit) if dev is not None else None
         self.prime(train.questions + (dev.questions if dev else []))
@@ -248,10 +255,12 @@ class PPlugMethod:
             memo.max_bytes = 0
         self.load(run_dir)  # keep the best epoch's weights
         prior = resolve_auto(self.config, self.task, dev, self.predict)  # decode.label_prior="auto": pick on dev
+        vocab = resolve_vocab(self.config, self.task, dev, self.predict)  # decode.vocab_prior="auto": pick on dev
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
                 "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
                 "dev_metric": metric, "history": result.history, "train_seconds": round(result.seconds, 2),
-                **({"label_prior_tuning": prior} if prior else {})}
+                **({"label_prior_tuning": prior} if prior else {}),
+                **({"vocab_prior_tuning": vocab} if vocab else {})}
 
     def onboard_cost(self, questions: Sequence[Question], run_dir: Path, users: int = 5) -> tuple[float, int]:
         """Onboarding a new user = one frozen-encoder pass over her history (no cache); her state = those
@@ -287,6 +296,7 @@ class PPlugMethod:
 
     def load(self, run_dir: Path) -> None:
         self.trainable.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS)))
+        self.vocab = VocabBackground.load(run_dir) or self.vocab
 
     # ---- prediction -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -317,7 +327,7 @@ class PPlugMethod:
             allowed = [self.task.labels_for(q.input) for q in qs]  # an input that lists its labels restricts them
             label_scores: list[dict[str, float]] = []
             raws, outs = decode_outputs(self.backbone, self.task, built, dec, allowed,
-                                        [all_profiles[j] for j in idx], label_scores)
+                                        [all_profiles[j] for j in idx], label_scores, self.vocab)
             n_tokens = built.attention_mask.sum(dim=1).tolist()
             for b, (j, raw, pred) in enumerate(zip(idx, raws, outs, strict=True)):
                 preds[j] = Prediction(qs[b].id, pred, raw, self.explain(out, b, profiles[b]), int(n_tokens[b]),
