@@ -213,6 +213,9 @@ def test_training_counts_the_background_and_chooses_the_weight_on_dev(synth, tin
     assert set(again["vocab_prior_tuning"]["dev_scores"]) == {str(w) for w in GRID}
     _, method = load_run(tmp_path / "run", res)
     assert method.vocab is not None and method.vocab.n_docs == bg["n_docs"]
+    (tmp_path / "copy").mkdir()
+    method.save(tmp_path / "copy")  # save_pretrained: the background travels with the weights
+    assert json.loads((tmp_path / "copy" / FILE).read_text()) == bg
 
 
 def test_a_method_without_the_background_says_so(synth, tiny_llama_dir, tiny_bert_dir, tmp_path):

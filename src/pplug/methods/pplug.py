@@ -293,6 +293,8 @@ class PPlugMethod:
     def save(self, run_dir: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable.state_dict().items()}
         save_file(state, str(Path(run_dir) / WEIGHTS))
+        if self.vocab is not None:  # the vocabulary prior's background travels with the weights
+            self.vocab.save(run_dir)
 
     def load(self, run_dir: Path) -> None:
         self.trainable.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS)))
