@@ -196,6 +196,7 @@ CPU_BY_DESIGN = {  # (file, function) -> why a CPU tensor is right there
     ("label_prior.py", "prior_log_probs"): "a [L] prior from counts; combine() moves it to the scores",
     ("label_prior.py", "choose_labels"): "offline tuning over stored float scores",
     ("label_prior.py", "shift_vector"): "a [L] log marginal from stored floats; combine() moves it to the scores",
+    ("vocab_prior.py", "user_bias"): "a [V] bias from token counts; VocabBias moves it to the scores",
     ("plug.py", "__init__"): "parameters and buffers: the module is moved with .to(device)",
     ("server/runtime.py", "profile_tensor"): "stored vectors on CPU, moved by PPlugMethod._history",
     ("backbones/base.py", "_option_ids"): "row values copied into a tensor already on the device",
