@@ -23,7 +23,7 @@ from pplug.metrics import MAIN_METRIC
 from pplug.runner import load_run
 from pplug.scoring import score_predictions
 from pplug.tasks import get_task
-from pplug.vocab_prior import GRID, VocabBackground
+from pplug.vocab_prior import GRID, fill_missing_background
 
 
 def main() -> None:
@@ -42,10 +42,8 @@ def main() -> None:
     task = get_task(config.task)
     if task.kind != "generation":
         raise SystemExit(f"error: {args.run}: task {task.name} is {task.kind}; the vocabulary prior is for generation")
-    if getattr(method, "vocab", None) is None:
-        train = load_split(args.data, "train", task.name)
-        method.vocab = VocabBackground.from_questions(task, method.backbone.tokenizer, train.questions,
-                                                      config.backbone.name_or_path)
+    if fill_missing_background(method, task, lambda: load_split(args.data, "train", task.name).questions,
+                               config.backbone.name_or_path):
         print(f"{args.run}: no background file; counted from {args.data} train ({method.vocab.n_docs} items)")
     split = load_split(args.data, args.split, task.name).limit(args.limit)
     metric = MAIN_METRIC[task.kind]

@@ -28,7 +28,7 @@ from pplug.runfiles import missing_weights, normalize_modes
 from pplug.scoring import score_predictions
 from pplug.task_file import TASK_FILE, load_task_file, write_task_file
 from pplug.tasks import define_task, get_task, has_task, is_defined_by_data
-from pplug.vocab_prior import VocabBackground
+from pplug.vocab_prior import fill_missing_background
 from pplug.vocab_prior import resolve_auto as resolve_vocab
 
 
@@ -165,25 +165,21 @@ def predict_run(run_dir: str | Path, data_dir: str | Path, split: str = "test", 
     config = runtime_config(run_dir, swap_history, overrides)
     data = load_split(data_dir, split, config.task).limit(limit)
     config, method = load_run(run_dir, resources, swap_history, overrides)
-    tuning = None
-    if "auto" in (config.decode.label_prior, config.decode.label_shift):  # `--set decode.label_prior=auto`:
-        dev = load_split(data_dir, "dev", config.task) if "dev" in available_splits(data_dir) else None  # re-choose
-        tuning = resolve_auto(config, get_task(config.task), dev, method.predict)  # on this data's dev split
-    vocab_tuning = None
-    wants_vocab = config.decode.vocab_prior == "auto" or bool(config.decode.vocab_prior)
-    if wants_vocab and hasattr(method, "vocab") and method.vocab is None and "train" in available_splits(data_dir):
-        method.vocab = VocabBackground.from_questions(  # a run trained before the prior existed: count the
-            get_task(config.task), method.backbone.tokenizer,  # background from this data's train split, as
-            load_split(data_dir, "train", config.task).questions, config.backbone.name_or_path)  # training would
-    if config.decode.vocab_prior == "auto":  # `--set decode.vocab_prior=auto`: re-chosen on this data's dev split
-        dev = load_split(data_dir, "dev", config.task) if "dev" in available_splits(data_dir) else None
-        vocab_tuning = resolve_vocab(config, get_task(config.task), dev, method.predict)
+    # `--set decode.label_prior=auto` / `label_shift=auto` / `vocab_prior=auto`: re-chosen on this data's dev split
+    task, splits = get_task(config.task), available_splits(data_dir)
+    autos = (config.decode.label_prior, config.decode.label_shift, config.decode.vocab_prior)
+    dev = load_split(data_dir, "dev", config.task) if "auto" in autos and "dev" in splits else None
+    tuning = resolve_auto(config, task, dev, method.predict)
+    if config.decode.vocab_prior and "train" in splits:  # a run trained before the prior existed: count the
+        fill_missing_background(method, task, lambda: load_split(data_dir, "train", config.task).questions,
+                                config.backbone.name_or_path)  # background from this data's train split
+    vocab_tuning = resolve_vocab(config, task, dev, method.predict)
     t0 = time.perf_counter()
     preds = method.predict(data.questions)  # methods show a progress bar over their batches
     seconds = time.perf_counter() - t0
     normalize_modes(run_dir)  # OPPU writes per-user adapters while predicting
     if out is not None:
-        write_predictions(out, get_task(config.task).lamp_field, [{"id": p.id, "output": p.output} for p in preds])
+        write_predictions(out, task.lamp_field, [{"id": p.id, "output": p.output} for p in preds])
     timing = {"questions": len(preds), "predict_seconds": round(seconds, 2),
               "seconds_per_question": round(seconds / max(1, len(preds)), 4),
               "mean_prompt_tokens": round(sum(p.prompt_tokens for p in preds) / max(1, len(preds)), 1),

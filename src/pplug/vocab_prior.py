@@ -103,6 +103,16 @@ class VocabBackground:
             raise PPlugError(f"{path}: not a vocabulary background file ({e}); retrain the run") from e
 
 
+def fill_missing_background(method: Any, task: Task, train: Callable[[], Iterable[Question]], backbone: str) -> bool:
+    """Give a PPlug method loaded from a run trained before the prior existed (no background file) the background
+    its training would have counted, from the questions ``train()`` returns; True if it counted one (False for a
+    method with a background already or without one at all)."""
+    if not hasattr(method, "vocab") or method.vocab is not None:
+        return False
+    method.vocab = VocabBackground.from_questions(task, method.backbone.tokenizer, train(), backbone)
+    return True
+
+
 def user_bias(task: Task, tokenizer, profile: Sequence[HistoryItem], background: VocabBackground, weight: float,
               vocab_size: int) -> Tensor:
     """[V] alpha * max(0, PMI_u(v)) for the tokens of the profile's outputs, 0 elsewhere."""

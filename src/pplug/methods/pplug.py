@@ -219,8 +219,7 @@ class PPlugMethod:
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.task.kind == "generation":  # the vocabulary prior's background: every training user's past outputs
             self.vocab = VocabBackground.from_questions(self.task, self.backbone.tokenizer, train.questions,
-                                                        self.config.backbone.name_or_path)
-            self.vocab.save(run_dir)
+                                                        self.config.backbone.name_or_path)  # saved by `save`
         train = train.limit(cfg.limit)
         dev = dev.limit(cfg.dev_limit) if dev is not None else None
         self.prime(train.questions + (dev.questions if dev else []))
