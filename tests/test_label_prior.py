@@ -97,6 +97,21 @@ def test_resolve_auto_leaves_generation_and_generate_decoding_alone():
         validate(bad)
 
 
+def test_resolve_auto_scores_the_first_tune_limit_dev_questions():
+    cats = ["music", "food", "travel", "science", "music", "food"]
+    profiles = [_items(c, c, "sports") for c in cats]
+    seen = []
+
+    def predict(qs):
+        seen.append(len(qs))
+        return [Prediction(q.id, "sports", label_scores=dict.fromkeys(LABELS, 0.0)) for q in qs]
+
+    cfg = RunConfig()
+    cfg.decode.label_prior, cfg.decode.tune_limit, cfg.train.dev_limit = "auto", 4, 1
+    report = resolve_auto(cfg, TASK, _dev(cats, profiles), predict)
+    assert seen == [4] and report["dev_questions"] == 4 and cfg.decode.label_prior > 0
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return synthesize(tmp_path_factory.mktemp("synth"), SynthConfig(n_train_users=3, n_dev_users=3, n_test_users=3,

@@ -159,6 +159,25 @@ def test_resolve_auto_leaves_label_tasks_and_missing_dev_at_zero():
     assert resolve_auto(cfg, TASK, None, lambda qs: []) is None and cfg.decode.vocab_prior == 0.5
 
 
+def test_resolve_auto_tunes_on_the_first_tune_limit_dev_questions_not_the_epoch_sample():
+    dev = _dev([f"title number {i}" for i in range(7)])
+    seen = []
+
+    def predict(qs):
+        seen.append(len(qs))
+        return [Prediction(q.id, "title") for q in qs]
+
+    cfg = RunConfig()
+    cfg.decode.vocab_prior, cfg.decode.tune_limit, cfg.train.dev_limit = "auto", 5, 2
+    report = resolve_auto(cfg, TASK, dev, predict)
+    assert seen == [5] * len(GRID) and report["dev_questions"] == 5
+    cfg.decode.vocab_prior, cfg.decode.tune_limit, seen[:] = "auto", None, []  # None: every dev question
+    assert resolve_auto(cfg, TASK, dev, predict)["dev_questions"] == 7 and seen == [7] * len(GRID)
+    cfg.decode.tune_limit = 0
+    with pytest.raises(PPlugError, match="decode.tune_limit"):
+        validate(cfg)
+
+
 def test_per_kind_default_is_auto_for_pplug_generation_only():
     def resolved(method: str, task: str, ablation: str = "none"):
         cfg = RunConfig(method=method, task=task)

@@ -40,6 +40,8 @@ class DecodeConfig:
     vocab_prior: float | str | None = None  # generation: weight of the user's vocabulary bias (PMI of her past
     # outputs' tokens; 0 = LLM alone; "auto" = chosen on dev after training; None = per kind, pplug/vocab_prior.py)
     bucket: bool = True  # batch questions of similar prompt length (less padding); predictions keep input order
+    tune_limit: int | None = 96  # "auto" weights (label prior/shift, vocabulary prior) are chosen on the first N dev
+    # questions (None = all); predictions only, so more than train.dev_limit's epoch selection (README "tune_limit")
 
     def new_tokens(self, kind: str) -> int:
         if self.max_new_tokens is not None:
@@ -206,7 +208,7 @@ RULES: dict[str, dict[str, Check]] = {  # section -> field -> rule ("run": RunCo
     "decode": {"max_new_tokens": at_least(1), "num_beams": at_least(1), "batch_size": at_least(1),
                "classify": one_of("generate", "rank"), "label_prior": prior_weight,
                "prior_smoothing": at_least(0), "label_shift": prior_weight,
-               "vocab_prior": prior_weight},
+               "vocab_prior": prior_weight, "tune_limit": at_least(1)},
     "retrieval": {"retriever": one_of(*RETRIEVERS), "k": at_least(0), "item_tokens": at_least(1),
                   "show": one_of(*RETRIEVAL_SHOWS)},
     "lora": {"r": at_least(1), "alpha": above(0), "dropout": between(0, 1), "task_target_modules": non_empty,

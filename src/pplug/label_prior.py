@@ -176,7 +176,7 @@ def resolve_auto(config: Any, task: Task, dev: Split | None, predict: Callable[[
         reason = "no dev split with golds to choose the label prior on"
     if reason:
         return {"label_prior": decode.label_prior, "label_shift": decode.label_shift, "reason": reason}
-    dev = dev.limit(config.train.dev_limit)
+    dev = dev.limit(decode.tune_limit)
     profile_of = profile_of or (lambda q: q.profile)
     decode.label_prior = decode.label_shift = 0.0  # the dev pass is the LLM alone; the grid runs offline
     swap, decode.swap_history = decode.swap_history, False  # chosen on the users' own histories (swap is a
@@ -185,6 +185,7 @@ def resolve_auto(config: Any, task: Task, dev: Split | None, predict: Callable[[
                              weights, shifts)
     finally:
         decode.swap_history = swap
+    report["dev_questions"] = len(dev.questions)
     decode.label_prior, decode.label_shift = report["label_prior"], report["label_shift"]
     if report["label_shift"]:
         decode.label_marginal = report["label_marginal"]

@@ -204,9 +204,10 @@ def resolve_auto(config: Any, task: Task, dev: Split | None,
         return {"vocab_prior": 0.0, "reason": "the vocabulary prior applies to generation tasks"}
     if dev is None or not dev.golds:
         return {"vocab_prior": 0.0, "reason": "no dev split with golds to choose the vocabulary prior on"}
-    dev = dev.limit(config.train.dev_limit)
+    dev = dev.limit(decode.tune_limit)
     swap, decode.swap_history = decode.swap_history, False  # chosen on the users' own histories
     try:
-        return tune_on_dev(predict, lambda w: setattr(decode, "vocab_prior", w), task, dev)
+        return {**tune_on_dev(predict, lambda w: setattr(decode, "vocab_prior", w), task, dev),
+                "dev_questions": len(dev.questions)}
     finally:
         decode.swap_history = swap

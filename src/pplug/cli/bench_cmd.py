@@ -26,7 +26,8 @@ def bench(data: Annotated[Path, Opt(help="Task folder with train/dev/test splits
           split: Annotated[str, Opt(help="Evaluation split: test, or dev for tuning sweeps (epoch selection "
                                          "on dev is then off).")] = "test",
           train_limit: Annotated[int | None, Opt(help="Train on the first N train questions.")] = None,
-          dev_limit: Annotated[int | None, Opt(help="Select on the first N dev questions.")] = None,
+          dev_limit: Annotated[int | None, Opt(help="Select epochs on the first N dev questions "
+                                                            "(decoding weights: decode.tune_limit).")] = None,
           users: Annotated[int | None, Opt(help="OPPU: personalize only the first N test users.")] = None,
           latency_questions: Annotated[int, Opt(help="Questions timed one by one for latency.")] = 16,
           set_: Annotated[list[str] | None, Opt("--set", help="section.field=value for every method.")] = None,

@@ -100,7 +100,8 @@ def train(
                                          show_default=_d("train", "max_steps"))] = None,
     train_limit: Annotated[int | None, Opt(min=0, help="Train on only the first N train questions.",
                                            show_default=_d("train", "limit"))] = None,
-    dev_limit: Annotated[int | None, Opt(min=0, help="Select epochs on only the first N dev questions.",
+    dev_limit: Annotated[int | None, Opt(min=0, help="Select epochs on only the first N dev questions "
+                                                     "(decoding weights: decode.tune_limit).",
                                          show_default=_d("train", "dev_limit"))] = None,
     seed: Annotated[int | None, Opt(help="Random seed.", show_default=_d("train", "seed"))] = None,
     persona_tokens: Annotated[int | None, Opt(min=1, help="PPlug: persona soft tokens per user.",

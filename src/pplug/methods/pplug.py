@@ -221,6 +221,7 @@ class PPlugMethod:
             self.vocab = VocabBackground.from_questions(self.task, self.backbone.tokenizer, train.questions,
                                                         self.config.backbone.name_or_path)  # saved by `save`
         train = train.limit(cfg.limit)
+        tune_dev = dev  # the "auto" decoding weights are chosen on decode.tune_limit of it, after training
         dev = dev.limit(cfg.dev_limit) if dev is not None else None
         self.prime(train.questions + (dev.questions if dev else []))
         examples = [Example(q, train.gold(q)) for q in train.questions]
@@ -253,8 +254,8 @@ class PPlugMethod:
             memo.clear()
             memo.max_bytes = 0
         self.load(run_dir)  # keep the best epoch's weights
-        prior = resolve_auto(self.config, self.task, dev, self.predict)  # decode.label_prior="auto": pick on dev
-        vocab = resolve_vocab(self.config, self.task, dev, self.predict)  # decode.vocab_prior="auto": pick on dev
+        prior = resolve_auto(self.config, self.task, tune_dev, self.predict)  # decode.label_prior="auto": on dev
+        vocab = resolve_vocab(self.config, self.task, tune_dev, self.predict)  # decode.vocab_prior="auto": on dev
         return {"train_examples": len(examples), "trainable_parameters": self.n_trainable(),
                 "steps": result.steps, "best_epoch": result.best_epoch, "best_dev": result.best_score,
                 "dev_metric": metric, "history": result.history, "train_seconds": round(result.seconds, 2),
