@@ -99,6 +99,9 @@ def test_the_bias_is_added_until_its_token_is_generated():
     assert spent.tolist() == [[0.0, 0.0, 0.0], [0.0, 0.0, 3.0]]
     beams = proc(torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, 3))  # 2 beams per question, consecutive
     assert beams.tolist() == [[0.0, 2.0, 0.0]] * 2 + [[0.0, 0.0, 3.0]] * 2
+    wide = proc(torch.tensor([[1], [4]]), torch.zeros(2, 5))  # a head wider than the bias: id 4 has no bonus
+    assert wide.tolist() == [[0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0, 0.0]]  # and spends no other one
+    assert torch.equal(proc.bias, bias)  # the stored bias is never changed in place
 
 
 class Recording(VocabBias):

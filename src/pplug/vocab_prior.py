@@ -151,9 +151,10 @@ class VocabBias(LogitsProcessor):
         if scores.shape[0] != bias.shape[0]:
             bias = bias.repeat_interleave(scores.shape[0] // bias.shape[0], dim=0)
         width = min(bias.shape[1], scores.shape[1])
-        bias = bias[:, :width].clone()
-        if input_ids.shape[1]:
-            bias.scatter_(1, input_ids.clamp(0, width - 1), 0.0)  # a token's bonus is spent once generated
+        bias = bias[:, :width]
+        if input_ids.shape[1]:  # a token's bonus is spent once generated; ids past the bias (a head wider than
+            spent = torch.cat([bias, bias.new_zeros(bias.shape[0], 1)], dim=1)  # the bias) land in a spare column
+            bias = spent.scatter_(1, input_ids.clamp(0, width), 0.0)[:, :width]
         out = scores.clone()
         out[:, :width] += bias
         return out
