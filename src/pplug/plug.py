@@ -45,6 +45,10 @@ class PlugConfig:
     # before scaling: the persona tokens then carry only how this user differs from the average user (the
     # instruction token carries what all users share); an answer to personas that collapse to one vector
     center_momentum: float = 0.05  # update rate of that running mean (the first training batch sets it)
+    backbone_lora: bool = False  # beyond the paper: also train ONE LoRA inside the backbone, shared by every user,
+    # jointly with the plug (rank/alpha/dropout/q,k,v targets from `lora`, i.e. task-lora's adapter; saved with the
+    # plug's weights). The LLM is then no longer frozen, but one model still serves every user and a user's state
+    # is still her persona only. Needs placement=before_text (after_text reuses the text's KV computed without grad)
     dtype: str = "float32"  # compute dtype (torch.autocast) of the plug and a trained input encoder: float32 |
     # bfloat16; their weights stay float32 (see pplug.devices, docs/devices.md)
 

@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import peft
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pplug.backbones import PromptParts
-from pplug.config import RunConfig
+from pplug.backbones import PromptParts, load_backbone
+from pplug.config import ConfigError, RunConfig
 from pplug.data.records import HistoryItem, Question, Split
 from pplug.devices import autocast, check_dtype, resolve_device
 from pplug.encoders import load_encoder
+from pplug.errors import PPlugError
 from pplug.kind_defaults import resolve_per_kind
 from pplug.label_prior import resolve_auto
 from pplug.methods.base import Prediction, register_method
 from pplug.methods.baselines import decode_outputs
+from pplug.methods.lora import attach_lora
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.plug import PersonaPlug, PlugOutput
 from pplug.progress import batches
@@ -36,6 +39,7 @@ from pplug.vocab_prior import VocabBackground
 from pplug.vocab_prior import resolve_auto as resolve_vocab
 
 WEIGHTS = "model.safetensors"
+LORA_PREFIX = "backbone_lora."  # plug.backbone_lora: the shared LoRA's tensors in WEIGHTS (peft state-dict keys)
 
 
 @dataclass
@@ -82,7 +86,16 @@ class PPlugMethod:
         resources = resources or Resources()
         self.device = resolve_device(config.device)
         check_dtype(self.device, config.plug.dtype, "plug.dtype")  # before any model loads
-        self.backbone = resources.backbone(config.backbone, self.device)
+        if config.plug.backbone_lora and config.plug.placement == "after_text":
+            raise ConfigError("plug.backbone_lora=true needs plug.placement=before_text: with after_text the "
+                              "text's KV is computed once without gradient, so a LoRA in the backbone would not learn")
+        self.lora: peft.PeftModel | None = None  # plug.backbone_lora: the shared LoRA inside the backbone
+        if config.plug.backbone_lora:  # our own backbone: peft injects the LoRA in place
+            self.backbone = load_backbone(config.backbone, self.device)
+            self.lora = attach_lora(self.backbone.model, config.lora, config.train.seed,
+                                    config.lora.task_target_modules)
+        else:
+            self.backbone = resources.backbone(config.backbone, self.device)
         self.history_encoder = resources.encoder(config.encoder, self.device)  # frozen + cached
         set_seed(config.train.seed)
         self.input_encoder = None  # trainable: float32 master weights, computes in plug.dtype (autocast)
@@ -241,15 +254,18 @@ class PPlugMethod:
             return score_predictions(self.task, dev.golds, preds)[metric]
 
         memo = getattr(self.backbone, "frozen_rows", None)  # decoder-only: frozen text KV reused across epochs
+        if self.lora is not None:  # (never with a trained backbone LoRA; after_text is refused with it anyway)
+            memo = None
         if memo is not None:
             memo.max_bytes = cfg.kv_memo_mb * 2**20
-        result = train_loop(
-            [p for p in self.trainable.parameters() if p.requires_grad], self._loss, examples, cfg,
-            evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
-            higher_is_better=HIGHER_IS_BETTER[metric], on_best=lambda: self.save(run_dir),
-            checkpoint=run_dir / "checkpoint" / "last.pt", state=self.trainable.state_dict,
-            load_state=self.trainable.load_state_dict, train_mode=self.trainable.train, desc=self.name,
-            length=lambda ex: len(ex.question.input))
+        with torch.enable_grad():
+            result = train_loop(
+                self._parameters(), self._loss, examples, cfg,
+                evaluate=evaluate if cfg.select_on_dev and dev is not None and dev.golds else None,
+                higher_is_better=HIGHER_IS_BETTER[metric], on_best=lambda: self.save(run_dir),
+                checkpoint=run_dir / "checkpoint" / "last.pt", state=self.state_dict,
+                load_state=self.load_state_dict, train_mode=self.train_mode, desc=self.name,
+                length=lambda ex: len(ex.question.input))
         if memo is not None:
             memo.clear()
             memo.max_bytes = 0
@@ -287,17 +303,48 @@ class PPlugMethod:
         cache = getattr(self.history_encoder, "cache", None)
         return int(np.dtype(cache.dtype).itemsize) if cache is not None else 4
 
+    def _parameters(self) -> list[nn.Parameter]:
+        """What training optimizes: the plug (+ a trained input encoder) and, with plug.backbone_lora, the LoRA."""
+        params = [p for p in self.trainable.parameters() if p.requires_grad]
+        if self.lora is not None:
+            params += [p for p in self.lora.parameters() if p.requires_grad]
+        return params
+
     def n_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable.parameters() if p.requires_grad)
+        return sum(p.numel() for p in self._parameters())
+
+    def train_mode(self, on: bool) -> None:
+        self.trainable.train(on)
+        if self.lora is not None:  # LoRA dropout (the frozen backbone itself stays in eval mode otherwise)
+            self.lora.train(on)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained state: the plug's (and input encoder's) tensors, plus the backbone LoRA's under LORA_PREFIX."""
+        state = dict(self.trainable.state_dict())
+        if self.lora is not None:
+            state.update({LORA_PREFIX + k: v for k, v in peft.get_peft_model_state_dict(self.lora).items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
+        lora = {k[len(LORA_PREFIX):]: v for k, v in state.items() if k.startswith(LORA_PREFIX)}
+        if lora and self.lora is None:
+            raise PPlugError(f"{source} holds a backbone LoRA but this config has plug.backbone_lora=false "
+                             "(use the run's own config.json)")
+        if self.lora is not None and not lora:
+            raise PPlugError(f"{source} holds no backbone LoRA but this config has plug.backbone_lora=true")
+        self.trainable.load_state_dict({k: v for k, v in state.items() if not k.startswith(LORA_PREFIX)})
+        if self.lora is not None:
+            peft.set_peft_model_state_dict(self.lora, lora)
 
     def save(self, run_dir: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in self.trainable.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(Path(run_dir) / WEIGHTS))
         if self.vocab is not None:  # the vocabulary prior's background travels with the weights
             self.vocab.save(run_dir)
 
     def load(self, run_dir: Path) -> None:
-        self.trainable.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS)))
+        path = Path(run_dir) / WEIGHTS
+        self.load_state_dict(load_file(str(path)), str(path))
         self.vocab = VocabBackground.load(run_dir) or self.vocab
 
     # ---- prediction -------------------------------------------------------------------------------
@@ -311,7 +358,7 @@ class PPlugMethod:
             vectors: optional precomputed [n_i, d_enc] embeddings of each question's profile (the server
                 stores them when items are written, so a request never re-encodes history).
         """
-        self.trainable.eval()
+        self.train_mode(False)
         dec = self.config.decode
         all_profiles = swapped_profiles(questions) if dec.swap_history else [q.profile for q in questions]
         order = list(range(len(questions)))
