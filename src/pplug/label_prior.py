@@ -33,6 +33,7 @@ from pplug.data.records import HistoryItem, Question, Split
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.scoring import score_predictions
 from pplug.tasks import Task
+from pplug.tuning import tuning_dev
 
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # alpha values tried on dev by "auto"
 SHIFT_GRID = (0.0, 0.5, 1.0)  # gamma values tried on dev by decode.label_shift="auto"
@@ -176,15 +177,11 @@ def resolve_auto(config: Any, task: Task, dev: Split | None, predict: Callable[[
         reason = "no dev split with golds to choose the label prior on"
     if reason:
         return {"label_prior": decode.label_prior, "label_shift": decode.label_shift, "reason": reason}
-    dev = dev.limit(decode.tune_limit)
     profile_of = profile_of or (lambda q: q.profile)
     decode.label_prior = decode.label_shift = 0.0  # the dev pass is the LLM alone; the grid runs offline
-    swap, decode.swap_history = decode.swap_history, False  # chosen on the users' own histories (swap is a
-    try:  # prediction-time diagnostic of a trained run, never part of its training or tuning)
+    with tuning_dev(decode, dev) as dev:  # the first decode.tune_limit questions, the users' own histories
         report = tune_on_dev(predict, task, dev, [profile_of(q) for q in dev.questions], decode.prior_smoothing,
                              weights, shifts)
-    finally:
-        decode.swap_history = swap
     report["dev_questions"] = len(dev.questions)
     decode.label_prior, decode.label_shift = report["label_prior"], report["label_shift"]
     if report["label_shift"]:

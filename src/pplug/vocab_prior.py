@@ -37,6 +37,7 @@ from pplug.errors import PPlugError
 from pplug.metrics import HIGHER_IS_BETTER, MAIN_METRIC
 from pplug.scoring import score_predictions
 from pplug.tasks import Task
+from pplug.tuning import tuning_dev
 
 GRID = (0.0, 0.125, 0.25, 0.5)  # alpha values tried on dev by "auto"
 FILE = "vocab_background.json"
@@ -205,10 +206,6 @@ def resolve_auto(config: Any, task: Task, dev: Split | None,
         return {"vocab_prior": 0.0, "reason": "the vocabulary prior applies to generation tasks"}
     if dev is None or not dev.golds:
         return {"vocab_prior": 0.0, "reason": "no dev split with golds to choose the vocabulary prior on"}
-    dev = dev.limit(decode.tune_limit)
-    swap, decode.swap_history = decode.swap_history, False  # chosen on the users' own histories
-    try:
+    with tuning_dev(decode, dev) as dev:  # the first decode.tune_limit questions, the users' own histories
         return {**tune_on_dev(predict, lambda w: setattr(decode, "vocab_prior", w), task, dev),
                 "dev_questions": len(dev.questions)}
-    finally:
-        decode.swap_history = swap
