@@ -49,6 +49,7 @@ class PlugConfig:
     # jointly with the plug (rank/alpha/dropout/q,k,v targets from `lora`, i.e. task-lora's adapter; saved with the
     # plug's weights). The LLM is then no longer frozen, but one model still serves every user and a user's state
     # is still her persona only. Needs placement=before_text (after_text reuses the text's KV computed without grad)
+    # Off by default: README "One shared LoRA inside the backbone" (scholarly_title .310 -> .361, no persona use)
     dtype: str = "float32"  # compute dtype (torch.autocast) of the plug and a trained input encoder: float32 |
     # bfloat16; their weights stay float32 (see pplug.devices, docs/devices.md)
 
