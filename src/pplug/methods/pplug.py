@@ -254,8 +254,7 @@ class PPlugMethod:
             return score_predictions(self.task, dev.golds, preds)[metric]
 
         memo = getattr(self.backbone, "frozen_rows", None)  # decoder-only: frozen text KV reused across epochs
-        if self.lora is not None:  # (never with a trained backbone LoRA; after_text is refused with it anyway)
-            memo = None
+        # (only after_text batches have frozen columns; __init__ refuses after_text with a trained backbone LoRA)
         if memo is not None:
             memo.max_bytes = cfg.kv_memo_mb * 2**20
         with torch.enable_grad():
